@@ -1,0 +1,154 @@
+"""Loading open_clip models: built-in names with a pretrained tag or weight file, ``local-dir:`` and ``hf-hub:``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import ClearCLIPError
+
+logger = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SCHEMAS = ("local-dir:", "hf-hub:")
+CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+HOW_TO_GET_WEIGHTS = (
+    "Download the weights on a machine with internet access, e.g. "
+    "`python -c \"import open_clip; open_clip.create_model('ViT-B-16', pretrained='openai')\"` "
+    "(they land in ~/.cache/huggingface; copy that folder over), or save a checkpoint and point the tool "
+    "at it with --pretrained /path/to/open_clip_pytorch_model.bin or --model local-dir:/path/to/folder "
+    "(a folder with open_clip_config.json and the weights). Set HF_HUB_OFFLINE=1 to skip network retries."
+)
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model with what inference needs beside it."""
+
+    model: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    weights_id: str | None = None  # stable identity of the weights (None for random weights)
+    description: dict = field(default_factory=dict)  # model name, pretrained tag or file, weight hash
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_in_dir(folder: Path) -> Path | None:
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def resolve_weights(model_name: str, pretrained: str | None) -> tuple[str | None, dict]:
+    """Check a (model, pretrained) pair before loading; return the weights id and a description.
+
+    Raises ClearCLIPError naming the problem for unknown models, unknown tags and missing files.
+    """
+    description: dict = {"model": model_name, "pretrained": pretrained}
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:") :]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ClearCLIPError(f"{folder} has no open_clip_config.json; a local-dir: model needs it and the weights")
+        checkpoint = _checkpoint_in_dir(folder)
+        if checkpoint is None:
+            raise ClearCLIPError(f"{folder} has no {' or '.join(CHECKPOINT_NAMES)}. {HOW_TO_GET_WEIGHTS}")
+        description["weights_sha256"] = file_sha256(checkpoint)
+        return f"sha256:{description['weights_sha256']}", description
+    if model_name.startswith("hf-hub:"):
+        return model_name, description
+    if model_name not in open_clip.list_models():
+        vits = [m for m in open_clip.list_models() if m.startswith("ViT-")]
+        raise ClearCLIPError(f"unknown model '{model_name}'; open_clip ViT models include: {', '.join(vits[:40])}, ...")
+    if pretrained is None:
+        return None, description
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".bin", ".pt", ".pth", ".safetensors") or path.exists() or "/" in pretrained:
+        if not path.is_file():
+            raise ClearCLIPError(f"weight file {pretrained} does not exist. {HOW_TO_GET_WEIGHTS}")
+        description["weights_sha256"] = file_sha256(path)
+        return f"sha256:{description['weights_sha256']}", description
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise ClearCLIPError(
+            f"unknown pretrained tag '{pretrained}' for {model_name}; known tags: {', '.join(tags) or 'none'}"
+        )
+    return f"{model_name}/{pretrained}", description
+
+
+def load_model(
+    model_name: str,
+    pretrained: str | None = None,
+    device: torch.device | str = "cpu",
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Build an open_clip model in fp32 on ``device`` with its tokenizer and normalisation.
+
+    ``pretrained=None`` on a built-in name gives random weights, with a warning; schemas
+    (``local-dir:``, ``hf-hub:``) carry their own weights and ignore ``pretrained``.
+    """
+    weights_id, description = resolve_weights(model_name, pretrained)
+    has_schema = model_name.startswith(SCHEMAS)
+    if pretrained is None and not has_schema:
+        message = f"{model_name} has RANDOM weights (pretrained=None): outputs are meaningless; use for tests and benchmarks only"
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+    try:
+        model = open_clip.create_model(
+            model_name,
+            pretrained=None if has_schema else pretrained,
+            device=device,
+            cache_dir=cache_dir,
+            require_pretrained=has_schema or pretrained is not None,
+        )
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    except ClearCLIPError:
+        raise
+    except Exception as error:  # open_clip and huggingface_hub raise many types for one cause
+        raise ClearCLIPError(f"could not load {model_name} with weights {pretrained!r}: {error}. {HOW_TO_GET_WEIGHTS}") from error
+    model.eval().requires_grad_(False)
+    visual = model.visual
+    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
+    return LoadedModel(model, tokenizer, mean, std, weights_id, description)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClearCLIPError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name, or None for fp32; half precision needs CUDA."""
+    if precision == "fp32":
+        return None
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ClearCLIPError(f"unknown precision '{precision}'; choose fp32, fp16 or bf16")
+    if device.type != "cuda":
+        raise ClearCLIPError(f"precision {precision} needs a CUDA device; the CPU runs fp32")
+    return dtypes[precision]

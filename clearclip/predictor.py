@@ -1,0 +1,187 @@
+"""``ClearCLIP``: dense features, text embeddings and whole-image segmentation with one open_clip model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decomposition import Decomposition, PositionalEmbeddingCache, check_supported, dense_features, get_decomposition, patch_size
+from .model import OPENAI_MEAN, OPENAI_STD, autocast_dtype, load_model, resolve_device
+from .segmentation import LogitAccumulator, PreparedImage, Segmentation, SegmentSettings, prepare_image, reduce_logits
+from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, encode_names
+from .vocabulary import Vocabulary
+from .windows import Padding, Window, center_padding, sliding_windows
+
+
+class ClearCLIP:
+    """Training-free open-vocabulary segmentation with a decomposed open_clip ViT.
+
+    Arguments:
+        model: an open_clip CLIP model with a ViT vision tower.
+        tokenizer: its open_clip tokenizer.
+        variant: a preset name (``clearclip``, ``vanilla``, ``maskclip``, ``sclip``) or a Decomposition.
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast on CUDA.
+        window_batch_size: sliding windows (from one or several images) per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        variant: str | Decomposition = "clearclip",
+        precision: str = "fp32",
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        weights_id: str | None = None,
+        description: dict | None = None,
+        cache_dir: str | Path | None = None,
+        window_batch_size: int = 8,
+    ) -> None:
+        check_supported(model.visual)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.decomposition = get_decomposition(variant)
+        self.variant = variant if isinstance(variant, str) else str(variant)
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        self._autocast = autocast_dtype(precision, self.device)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.patch = patch_size(model.visual)
+        self.weights_id = weights_id
+        self.description = dict(description or {})
+        self.window_batch_size = window_batch_size
+        self._text_cache = TextEmbeddingCache(weights_id, Path(cache_dir) if cache_dir else None)
+        self._pos_cache = PositionalEmbeddingCache()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str,
+        pretrained: str | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        variant: str | Decomposition = "clearclip",
+        cache_dir: str | Path | None = None,
+        **kwargs,
+    ) -> "ClearCLIP":
+        """Load ``model_name`` (``ViT-B-16``, ``local-dir:/path``, ``hf-hub:org/repo``) with ``pretrained``
+        (a tag such as ``openai``, a weight file, or None for random weights)."""
+        get_decomposition(variant)  # fail on a bad variant before loading weights
+        resolved = resolve_device(device)
+        autocast_dtype(precision, resolved)
+        loaded = load_model(model_name, pretrained, device=resolved)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            variant=variant,
+            precision=precision,
+            mean=loaded.mean,
+            std=loaded.std,
+            weights_id=loaded.weights_id,
+            description=loaded.description,
+            cache_dir=cache_dir,
+            **kwargs,
+        )
+
+    def _autocast_context(self):
+        if self._autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast)
+
+    @torch.inference_mode()
+    def encode_dense(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels (B, 3, H, W), H and W multiples of the patch -> (B, H/p, W/p, D), L2-normalised."""
+        with self._autocast_context():
+            return dense_features(self.model.visual, pixels.to(self.device), self.decomposition, self._pos_cache)
+
+    @torch.inference_mode()
+    def encode_text(self, names: Sequence[str], templates: Sequence[Template] | None = None) -> torch.Tensor:
+        """Template-ensembled embeddings (len(names), D), L2-normalised, on the model's device."""
+        templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
+        embeddings = self._text_cache.embeddings(
+            list(names), templates, lambda missing: encode_names(self.model, self.tokenizer, missing, templates, self.device)
+        )
+        return embeddings.to(self.device)
+
+    def prepare(self, image, settings: SegmentSettings | None = None) -> PreparedImage:
+        """Resize and normalise one image (PIL or HxWx3 uint8) for ``segment_prepared``."""
+        return prepare_image(image, settings or SegmentSettings(), self.mean, self.std)
+
+    def segment(self, image, classes: Sequence[str] | Vocabulary, background_threshold: float = 0.0, **overrides) -> Segmentation:
+        """Segment one image. ``classes`` are strings (commas separate synonyms of a class).
+
+        With ``background_threshold > 0`` pixels scoring below it get class 0. ``overrides``
+        replace fields of SegmentSettings: templates, short_side, max_long_side, crop, stride, logit_scale.
+        """
+        return self.segment_batch([image], classes, background_threshold, **overrides)[0]
+
+    def segment_batch(
+        self, images: Sequence, classes: Sequence[str] | Vocabulary, background_threshold: float = 0.0, **overrides
+    ) -> list[Segmentation]:
+        """Segment several images, batching their sliding windows together."""
+        settings = SegmentSettings(background_threshold=background_threshold).with_overrides(**overrides)
+        vocabulary = classes if isinstance(classes, Vocabulary) else Vocabulary.from_strings(classes)
+        prepared = [self.prepare(image, settings) for image in images]
+        return self.segment_prepared(prepared, vocabulary, settings)
+
+    @torch.inference_mode()
+    def segment_prepared(
+        self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings
+    ) -> list[Segmentation]:
+        """Segment prepared images: windows of all images are grouped by size and batched."""
+        text = self.encode_text(vocabulary.queries, settings.templates)
+        query_to_class = torch.tensor(vocabulary.query_to_class)
+        pixels = [p.pixels.to(self.device, non_blocking=True) for p in prepared]
+        accumulators = [LogitAccumulator(len(text), *p.shape[-2:], self.device) for p in pixels]
+
+        groups: dict[tuple[int, int], list[tuple[int, Window, Padding]]] = defaultdict(list)
+        for index, image in enumerate(pixels):
+            for window in sliding_windows(*image.shape[-2:], settings.crop, settings.stride):
+                height, width = window.y2 - window.y1, window.x2 - window.x1
+                pad = center_padding(height, width, self.patch)
+                groups[(height + pad.top + pad.bottom, width + pad.left + pad.right)].append((index, window, pad))
+
+        for items in groups.values():
+            for start in range(0, len(items), self.window_batch_size):
+                chunk = items[start : start + self.window_batch_size]
+                crops = torch.stack([self._crop(pixels[i], window, pad) for i, window, pad in chunk])
+                features = self.encode_dense(crops)
+                logits = torch.einsum("bhwd,qd->bqhw", features, text)
+                for (index, window, pad), window_logits in zip(chunk, logits):
+                    accumulators[index].add(self._window_logits(window_logits, window, pad), *window)
+
+        results = []
+        for image, accumulator in zip(prepared, accumulators):
+            labels, scores = reduce_logits(
+                accumulator.mean(), image.original_size, settings.logit_scale, query_to_class, settings.background_threshold
+            )
+            results.append(Segmentation(labels, scores, vocabulary.names))
+        return results
+
+    @staticmethod
+    def _crop(image: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
+        crop = image[:, window.y1 : window.y2, window.x1 : window.x2]
+        return F.pad(crop, tuple(pad)) if any(pad) else crop
+
+    @staticmethod
+    def _window_logits(logits: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
+        """Patch logits (Q, gh, gw) upsampled to the padded window, padding cut off."""
+        padded_h = window.y2 - window.y1 + pad.top + pad.bottom
+        padded_w = window.x2 - window.x1 + pad.left + pad.right
+        up = F.interpolate(logits[None].float(), size=(padded_h, padded_w), mode="bilinear", align_corners=False)[0]
+        return up[:, pad.top : padded_h - pad.bottom, pad.left : padded_w - pad.right]
+
+
+def class_pixel_shares(segmentation: Segmentation) -> list[tuple[str, float]]:
+    """(class name, share of pixels) for each class present, largest first."""
+    counts = np.bincount(segmentation.labels.ravel(), minlength=len(segmentation.classes))
+    total = max(1, segmentation.labels.size)
+    shares = [(segmentation.classes[i], counts[i] / total) for i in np.flatnonzero(counts)]
+    return sorted(shares, key=lambda item: -item[1])

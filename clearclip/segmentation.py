@@ -1,0 +1,160 @@
+"""From pixels to a label map: preprocessing, window-logit accumulation, and the memory-bounded reduction.
+
+The reduction never holds a (queries x original height x original width) tensor: the averaged
+window logits stay at the working resolution and are upsampled, soft-maxed and reduced to a
+label and a score in row tiles of the original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .text import DEFAULT_TEMPLATES, Template
+from .windows import resized_size
+
+TILE_ELEMENTS = 1 << 24  # floats per (queries x rows x width) tile of the final reduction
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """The official evaluation settings; every field can be overridden per call."""
+
+    short_side: int = 448
+    max_long_side: int = 2048
+    crop: int = 448
+    stride: int = 224
+    logit_scale: float = 50.0
+    background_threshold: float = 0.0
+    templates: tuple[Template, ...] = DEFAULT_TEMPLATES
+
+    def with_overrides(self, **overrides) -> "SegmentSettings":
+        """A copy with some fields replaced; unknown names raise TypeError naming them."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown segment settings: {', '.join(sorted(unknown))}")
+        if "templates" in overrides and overrides["templates"] is not None:
+            overrides["templates"] = tuple(overrides["templates"])
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **overrides)
+
+
+@dataclass
+class Segmentation:
+    """A label map and the probability of the chosen class, at the original image size."""
+
+    labels: np.ndarray  # (H, W) int32, index into the classes
+    scores: np.ndarray  # (H, W) float32 in [0, 1]
+    classes: list[str] = field(default_factory=list)  # display name of each class
+
+
+@dataclass
+class PreparedImage:
+    """A resized, normalised image (3, h, w) and the size to map the result back to."""
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]  # (H, W)
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """HxWx3 uint8 from a PIL image or an HxW / HxWx3 / HxWx4 uint8 array."""
+    if hasattr(image, "convert"):  # PIL
+        image = np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    image = np.ascontiguousarray(image[:, :, :3])
+    return image if image.flags.writeable else image.copy()
+
+
+def prepare_image(image, settings: SegmentSettings, mean, std) -> PreparedImage:
+    """Resize (bilinear, rounded back to uint8 levels like cv2) and normalise an RGB image."""
+    array = as_rgb_array(image)
+    height, width = array.shape[:2]
+    new_h, new_w = resized_size(height, width, settings.short_side, settings.max_long_side)
+    pixels = torch.from_numpy(array).permute(2, 0, 1).float().unsqueeze(0)
+    if (new_h, new_w) != (height, width):
+        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        pixels = pixels.round_().clamp_(0, 255)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    pixels = (pixels - mean_t) / std_t
+    return PreparedImage(pixels[0].contiguous(), (height, width))
+
+
+def _source_positions(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices and weights of bilinear resampling with ``align_corners=False``, as torch computes them."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=in_size - 1)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    w1 = src - i0.float()
+    return i0.to(device), i1.to(device), w1.to(device)
+
+
+def reduce_logits(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    logit_scale: float,
+    query_to_class: torch.Tensor,
+    background_threshold: float = 0.0,
+    tile_elements: int = TILE_ELEMENTS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores at ``size`` from averaged logits (Q, h, w) at the working resolution.
+
+    Equal to: bilinear resize to ``size``, ``softmax(logit_scale * logits)`` over queries,
+    max over each class's queries, argmax, and class 0 where the score is below
+    ``background_threshold``; computed in row tiles of at most ``tile_elements`` floats.
+    """
+    queries, in_h, in_w = logits.shape
+    out_h, out_w = size
+    device = logits.device
+    r0, r1, rw = _source_positions(in_h, out_h, device)
+    c0, c1, cw = _source_positions(in_w, out_w, device)
+    labels = torch.empty((out_h, out_w), dtype=torch.int32)
+    scores = torch.empty((out_h, out_w), dtype=torch.float32)
+    query_to_class = query_to_class.to(device=device, dtype=torch.int32)
+    rows_per_tile = max(1, tile_elements // max(1, queries * out_w))
+    for start in range(0, out_h, rows_per_tile):
+        stop = min(start + rows_per_tile, out_h)
+        w = rw[start:stop].view(1, -1, 1)
+        rows = torch.lerp(logits[:, r0[start:stop]], logits[:, r1[start:stop]], w)
+        tile = torch.lerp(rows[:, :, c0], rows[:, :, c1], cw.view(1, 1, -1))
+        tile.mul_(logit_scale)
+        top, best = tile.max(dim=0)
+        tile.sub_(top).exp_()
+        score = tile.sum(dim=0).reciprocal_()
+        label = query_to_class[best]
+        if background_threshold > 0:
+            label[score < background_threshold] = 0
+        labels[start:stop] = label.cpu()
+        scores[start:stop] = score.cpu()
+    return labels.numpy(), scores.numpy()
+
+
+class LogitAccumulator:
+    """Sum of upsampled window logits and the per-pixel window count of one image (working resolution)."""
+
+    def __init__(self, queries: int, height: int, width: int, device) -> None:
+        self.sum = torch.zeros((queries, height, width), dtype=torch.float32, device=device)
+        self.count = torch.zeros((height, width), dtype=torch.float32, device=device)
+
+    def add(self, logits: torch.Tensor, y1: int, y2: int, x1: int, x2: int) -> None:
+        """Add window logits (Q, y2 - y1, x2 - x1) at their place."""
+        self.sum[:, y1:y2, x1:x2] += logits
+        self.count[y1:y2, x1:x2] += 1
+
+    def mean(self) -> torch.Tensor:
+        """The averaged logits; frees the buffers."""
+        if bool((self.count == 0).any()):
+            raise RuntimeError("sliding windows left pixels uncovered")
+        result = self.sum.div_(self.count)
+        del self.sum, self.count
+        return result

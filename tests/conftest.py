@@ -1,0 +1,32 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="clearclip-tests-"))
+os.environ.setdefault("CLEARCLIP_CACHE_DIR", str(_SESSION_TMP / "cache"))
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import build_tiny_model, save_local_dir  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1] / "workspace"
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_model, tmp_path_factory):
+    """A ``local-dir:`` checkpoint of the tiny model, loaded the way users load real weights."""
+    return save_local_dir(tiny_model, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name(tiny_dir):
+    return f"local-dir:{tiny_dir}"
