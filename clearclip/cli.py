@@ -76,14 +76,7 @@ def add_segment_parser(subparsers) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     add_vocabulary_options(parser)
     add_model_options(parser)
-    group = parser.add_argument_group("segmentation (defaults are the paper's settings)")
-    group.add_argument("--background-threshold", type=float, default=0.0,
-                       help="pixels whose score is below this get class 0 (default: 0 = off)")
-    group.add_argument("--short-side", type=int, default=448, help="resize the short side to this (default: 448)")
-    group.add_argument("--max-long-side", type=int, default=2048, help="but keep the long side at most this (default: 2048)")
-    group.add_argument("--crop", type=int, default=448, help="sliding-window size (default: 448)")
-    group.add_argument("--stride", type=int, default=224, help="sliding-window stride (default: 224)")
-    group.add_argument("--logit-scale", type=float, default=50.0, help="softmax temperature factor (default: 50)")
+    add_segment_settings(parser)
     parser.add_argument("--out", type=Path, default=Path("workspace/runs/segment"),
                         help="output folder (default: workspace/runs/segment)")
     parser.set_defaults(run=run_segment)
@@ -98,6 +91,7 @@ def run_segment(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.images if not p.is_file()]
     if len(missing) == len(args.images):
         raise ClearCLIPError(f"no such image file: {', '.join(missing)}")
+    settings = settings_from_args(args)
     cc = model_from_args(args)
     failures = 0
     for path in args.images:
@@ -107,10 +101,7 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"clearclip: skipped {error}", file=sys.stderr)
             failures += 1
             continue
-        seg = cc.segment(
-            image, vocabulary, background_threshold=args.background_threshold, short_side=args.short_side,
-            max_long_side=args.max_long_side, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
-        )
+        seg = cc.segment_prepared([cc.prepare(image, settings)], vocabulary, settings)[0]
         save_label_png(seg.labels, args.out / f"{path.stem}_labels.png")
         save_overlay(image, seg.labels, seg.classes, args.out / f"{path.stem}_overlay.png")
         print(f"\n{path} ({image.shape[1]}x{image.shape[0]}) -> {args.out / (path.stem + '_overlay.png')}")
@@ -118,6 +109,190 @@ def run_segment(args: argparse.Namespace) -> int:
         for name, share in class_pixel_shares(seg):
             print(f"  {name:<30} {100 * share:>7.1f}%")
     return 1 if failures else 0
+
+
+def add_segment_settings(parser: argparse.ArgumentParser) -> None:
+    """The paper's segmentation settings, each overridable."""
+    group = parser.add_argument_group("segmentation (defaults are the paper's settings)")
+    group.add_argument("--background-threshold", type=float, default=0.0,
+                       help="pixels whose score is below this get class 0 (needs 'background' as class 0 "
+                            "for label; paper: VOC 0.5, Context60 0.15, COCO-Object 0.4; default: 0 = off)")
+    group.add_argument("--short-side", type=int, default=448, help="resize the short side to this (default: 448)")
+    group.add_argument("--max-long-side", type=int, default=2048, help="but keep the long side at most this (default: 2048)")
+    group.add_argument("--crop", type=int, default=448, help="sliding-window size (default: 448)")
+    group.add_argument("--stride", type=int, default=224, help="sliding-window stride (default: 224)")
+    group.add_argument("--logit-scale", type=float, default=50.0, help="softmax temperature factor (default: 50)")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """SegmentSettings from the segmentation options."""
+    from .segmentation import SegmentSettings
+
+    return SegmentSettings(
+        short_side=args.short_side, max_long_side=args.max_long_side, crop=args.crop, stride=args.stride,
+        logit_scale=args.logit_scale, background_threshold=args.background_threshold,
+    )
+
+
+def add_label_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "label",
+        help="label a folder of images into COCO pseudo-annotations",
+        description="Label every image under DATASET_DIR (recursively; jpg, jpeg, png, bmp, webp, tif in any case) "
+                    "into RUN_DIR: annotations.json (COCO, compressed RLE masks with scores), labels/<file>.png "
+                    "(pixel value = category id, 0 = background/unlabeled) and run.json. Rerunning into the same "
+                    "RUN_DIR resumes: finished images are skipped. Unreadable files are reported and skipped.",
+    )
+    parser.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="folder of images")
+    parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
+                        help="run folder (default: workspace/runs/<dataset folder name>)")
+    add_vocabulary_options(parser)
+    add_model_options(parser)
+    add_segment_settings(parser)
+    group = parser.add_argument_group("confidence filtering")
+    group.add_argument("--pixel-threshold", type=float, default=0.0,
+                       help="pixels whose score is below this are unlabeled (default: 0)")
+    group.add_argument("--min-score", type=float, default=0.0,
+                       help="drop regions whose mean pixel score is below this (default: 0)")
+    group.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this many pixels (default: 0)")
+    group.add_argument("--class-thresholds", type=Path, metavar="FILE",
+                       help='per-class overrides, JSON or YAML: {"person": {"min_score": 0.5, "min_area": 100}}')
+    group.add_argument("--instances", default="components", choices=["components", "semantic"],
+                       help="components: one annotation per connected region of a class (default); "
+                            "semantic: one annotation per class per image")
+    group = parser.add_argument_group("throughput")
+    group.add_argument("--batch-size", type=int, default=4, help="images whose windows share forward passes (default: 4)")
+    group.add_argument("--workers", type=int, default=-1,
+                       help="image decoding processes (default: -1 = one per spare core, up to 4; 0 = in-process)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_label)
+
+
+def label_config_from_args(args: argparse.Namespace, vocabulary):
+    """LabelConfig from the label options."""
+    from .labeling import LabelConfig
+    from .regions import RegionFilter, Thresholds, load_class_thresholds
+
+    default = Thresholds(args.pixel_threshold, args.min_score, args.min_area)
+    per_class = load_class_thresholds(args.class_thresholds, default, vocabulary) if args.class_thresholds else {}
+    return LabelConfig(
+        vocabulary, settings_from_args(args), RegionFilter(default, per_class, args.instances),
+        batch_size=args.batch_size, num_workers=args.workers,
+    )
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from .labeling import label_folder, summary_table
+
+    if not args.dataset_dir.is_dir():
+        raise ClearCLIPError(f"dataset folder {args.dataset_dir} does not exist or is not a folder")
+    vocabulary = vocabulary_from_args(args)
+    config = label_config_from_args(args, vocabulary)
+    run_dir = args.out or Path("workspace/runs") / args.dataset_dir.resolve().name
+    cc = model_from_args(args)
+    summary = label_folder(cc, args.dataset_dir, run_dir, config, progress=not args.quiet)
+    print(summary_table(summary))
+    print(f"\nwrote {run_dir / 'annotations.json'}")
+    return 0 if not summary["missing"] else 1
+
+
+def add_eval_miou_parser(subparsers) -> None:
+    from .evaluation import BENCHMARKS
+
+    parser = subparsers.add_parser(
+        "eval-miou",
+        help="mIoU of label maps against ground truth, or of the model on a paper benchmark",
+        description="Two modes. (1) --pred DIR --gt DIR: compare label-map PNGs matched by relative path "
+                    "(gt files may carry --gt-suffix); classes from --benchmark or --num-classes. "
+                    "(2) --benchmark NAME --data-root DIR: segment the benchmark's validation split "
+                    "(mmsegmentation's prepared layout) with the paper's settings for it and evaluate, "
+                    "which reproduces the paper's table given the same weights.",
+    )
+    parser.add_argument("--benchmark", choices=sorted(BENCHMARKS),
+                        help="preset: class list, background threshold, crop/stride, reduce-zero-label, layout")
+    parser.add_argument("--data-root", type=Path, help="mode 2: the dataset root as prepared for mmsegmentation")
+    parser.add_argument("--limit", type=int, default=0, help="mode 2: evaluate the first N images only (0 = all)")
+    parser.add_argument("--pred", type=Path, help="mode 1: folder of predicted label maps (*.png)")
+    parser.add_argument("--gt", type=Path, help="mode 1: folder of ground-truth label maps")
+    parser.add_argument("--gt-suffix", default=".png", help="mode 1: ground-truth file suffix (default: .png)")
+    parser.add_argument("--num-classes", type=int, help="mode 1: number of classes when no --benchmark is given")
+    parser.add_argument("--reduce-zero-label", action="store_true",
+                        help="mode 1: ground truth 0 is ignored and labels shift down by one (ADE20K, VOC20, Context59)")
+    parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default: 255)")
+    add_model_options(parser)
+    parser.set_defaults(run=run_eval_miou)
+
+
+def run_eval_miou(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .evaluation import BENCHMARKS, confusion_matrix, iou_metrics, miou_table, read_label_map
+
+    benchmark = BENCHMARKS[args.benchmark] if args.benchmark else None
+    if args.pred is not None or args.gt is not None:
+        if args.pred is None or args.gt is None:
+            raise ClearCLIPError("mode 1 needs both --pred and --gt")
+        if benchmark is None and not args.num_classes:
+            raise ClearCLIPError("give --benchmark or --num-classes")
+        names = benchmark.vocabulary().names if benchmark else [str(i) for i in range(args.num_classes)]
+        reduce_zero = benchmark.reduce_zero_label if benchmark else args.reduce_zero_label
+        gt_suffix = benchmark.gt_suffix if benchmark and args.gt_suffix == ".png" else args.gt_suffix
+        preds = sorted(args.pred.rglob("*.png"))
+        if not preds:
+            raise ClearCLIPError(f"no .png label maps under {args.pred}")
+        confusion = np.zeros((len(names), len(names)), np.int64)
+        for pred_path in preds:
+            stem = pred_path.relative_to(args.pred).with_suffix("").as_posix()
+            gt_path = args.gt / f"{stem}{gt_suffix}"
+            if not gt_path.is_file():
+                raise ClearCLIPError(f"no ground truth {gt_path} for {pred_path}")
+            confusion += confusion_matrix(read_label_map(pred_path), read_label_map(gt_path), len(names), reduce_zero,
+                                          args.ignore_index)
+        print(miou_table(iou_metrics(confusion), names))
+        return 0
+    if benchmark is None or args.data_root is None:
+        raise ClearCLIPError("give --pred and --gt, or --benchmark and --data-root")
+    from tqdm import tqdm
+
+    from .evaluation import benchmark_pairs
+    from .images import load_image
+    from .segmentation import SegmentSettings
+
+    vocabulary = benchmark.vocabulary()
+    settings = SegmentSettings(crop=benchmark.crop, stride=benchmark.stride, background_threshold=benchmark.background_threshold)
+    pairs = benchmark_pairs(benchmark, args.data_root)
+    pairs = pairs[: args.limit] if args.limit else pairs
+    cc = model_from_args(args)
+    confusion = np.zeros((len(vocabulary), len(vocabulary)), np.int64)
+    for image_path, gt_path in tqdm(pairs, unit="img", desc=args.benchmark):
+        seg = cc.segment_prepared([cc.prepare(load_image(image_path), settings)], vocabulary, settings)[0]
+        confusion += confusion_matrix(seg.labels, read_label_map(gt_path), len(vocabulary), benchmark.reduce_zero_label,
+                                      args.ignore_index)
+    print(miou_table(iou_metrics(confusion), vocabulary.names))
+    return 0
+
+
+def add_eval_coco_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval-coco",
+        help="COCO segm AP of annotations.json against ground truth",
+        description="Run pycocotools' COCOeval (iouType segm). Images are matched by file_name and "
+                    "categories by name when PREDICTIONS is a full COCO document such as annotations.json.",
+    )
+    parser.add_argument("predictions", type=Path, metavar="PREDICTIONS", help="annotations.json of a run, or a results list")
+    parser.add_argument("--gt", type=Path, required=True, help="ground-truth COCO JSON with segmentations")
+    parser.set_defaults(run=run_eval_coco)
+
+
+def run_eval_coco(args: argparse.Namespace) -> int:
+    from .evaluation import coco_segm_eval
+
+    for path in (args.predictions, args.gt):
+        if not path.is_file():
+            raise ClearCLIPError(f"no such file: {path}")
+    _, table = coco_segm_eval(args.predictions, args.gt)
+    print(table)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clearclip {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_segment_parser(subparsers)
+    add_label_parser(subparsers)
+    add_eval_miou_parser(subparsers)
+    add_eval_coco_parser(subparsers)
     return parser
 
 

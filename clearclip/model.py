@@ -64,7 +64,7 @@ def resolve_weights(model_name: str, pretrained: str | None) -> tuple[str | None
 
     Raises ClearCLIPError naming the problem for unknown models, unknown tags and missing files.
     """
-    description: dict = {"model": model_name, "pretrained": pretrained}
+    description: dict = {"model": model_name, "pretrained": None if model_name.startswith(SCHEMAS) else pretrained}
     if model_name.startswith("local-dir:"):
         folder = Path(model_name[len("local-dir:") :]).expanduser()
         if not (folder / "open_clip_config.json").is_file():

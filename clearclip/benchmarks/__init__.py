@@ -1,0 +1,1 @@
+"""Class lists of the paper's eight benchmarks (package data)."""

@@ -1,0 +1,102 @@
+"""mIoU against hand-computed confusion matrices; COCO segm AP on a known-answer case."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clearclip.cli import main
+from clearclip.coco import encode_rle
+from clearclip.evaluation import BENCHMARKS, confusion_matrix, coco_segm_eval, iou_metrics
+
+
+def test_confusion_matrix_by_hand():
+    gt = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 0, 2]])
+    # rows gt, cols pred: gt0 -> pred 0,1 ; gt1 -> 1,1 ; gt2 -> 0 ; 255 ignored
+    expected = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    assert np.array_equal(confusion_matrix(pred, gt, 3), expected)
+    metrics = iou_metrics(expected)
+    # IoU0 = 1/(2+2-1) = 1/3, IoU1 = 2/(2+3-2) = 2/3, IoU2 = 0/(1+0-0) = 0
+    assert np.allclose(metrics["iou"], [1 / 3, 2 / 3, 0])
+    assert metrics["miou"] == pytest.approx(1 / 3)
+    assert metrics["pixel_accuracy"] == pytest.approx(3 / 5)
+
+
+def test_reduce_zero_label_and_absent_classes():
+    gt = np.array([[0, 1, 2, 3]])  # 0 -> ignored, 1..3 -> 0..2
+    pred = np.array([[2, 0, 1, 1]])
+    cm = confusion_matrix(pred, gt, 4, reduce_zero_label=True)
+    assert cm.sum() == 3
+    assert np.array_equal(cm[:3, :3], [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    metrics = iou_metrics(cm)
+    assert np.isnan(metrics["iou"][3])  # absent from gt and prediction: left out of the mean
+    assert metrics["miou"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_eval_miou_cli_on_label_map_folders(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8)).save(tmp_path / "pred" / "x.png")
+    Image.fromarray(np.array([[0, 1], [0, 1]], np.uint8)).save(tmp_path / "gt" / "x.png")
+    assert main(["eval-miou", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "2"]) == 0
+    out = capsys.readouterr().out
+    # IoU0 = 1/2, IoU1 = 2/3
+    assert "mIoU" in out and f"{100 * (0.5 + 2 / 3) / 2:.2f}" in out
+
+
+def test_benchmark_presets_match_the_paper():
+    assert len(BENCHMARKS) == 8
+    assert BENCHMARKS["voc21"].background_threshold == 0.5
+    assert BENCHMARKS["context60"].background_threshold == 0.15
+    assert BENCHMARKS["coco_object"].background_threshold == 0.4
+    assert (BENCHMARKS["cityscapes"].crop, BENCHMARKS["cityscapes"].stride) == (224, 224)
+    sizes = {name: len(b.vocabulary()) for name, b in BENCHMARKS.items()}
+    assert sizes == {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81,
+                     "coco_stuff": 171, "cityscapes": 19, "ade20k": 150}
+    assert BENCHMARKS["voc21"].vocabulary().has_background and not BENCHMARKS["ade20k"].vocabulary().has_background
+
+
+def _ground_truth(tmp_path):
+    masks = {}
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in (1, 2):
+        images.append({"id": image_id, "file_name": f"im{image_id}.png", "width": 30, "height": 20})
+        for k in range(2):
+            mask = np.zeros((20, 30), bool)
+            y, x = rng.integers(0, 10), rng.integers(0, 15)
+            mask[y:y + 8, x:x + 10] = True
+            rle = encode_rle(mask)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": k + 1, "segmentation": rle,
+                                "area": int(mask.sum()), "bbox": [int(x), int(y), 10, 8], "iscrowd": 0})
+            masks[len(annotations)] = mask
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    return path, gt
+
+
+def test_coco_eval_prediction_equal_to_ground_truth_gives_ap_1(tmp_path, capsys):
+    gt_path, gt = _ground_truth(tmp_path)
+    # our run's document: other image ids and category ids, matched by file name and category name
+    document = {
+        "images": [{"id": 10 + i["id"], "file_name": i["file_name"], "width": 30, "height": 20} for i in gt["images"]],
+        "categories": [{"id": 7, "name": "dog"}, {"id": 8, "name": "cat"}],
+        "annotations": [{**a, "image_id": 10 + a["image_id"], "category_id": {1: 8, 2: 7}[a["category_id"]], "score": 0.9}
+                        for a in gt["annotations"]],
+    }
+    pred_path = tmp_path / "annotations.json"
+    pred_path.write_text(json.dumps(document))
+    stats, _ = coco_segm_eval(pred_path, gt_path)
+    assert stats[0] == pytest.approx(1.0) and stats[1] == pytest.approx(1.0)
+
+    document["annotations"] = [{**a, "category_id": 7 if a["category_id"] == 8 else 8} for a in document["annotations"]]
+    pred_path.write_text(json.dumps(document))
+    stats, _ = coco_segm_eval(pred_path, gt_path)
+    assert stats[0] == pytest.approx(0.0)
+
+    assert main(["eval-coco", str(tmp_path / "annotations.json"), "--gt", str(gt_path)]) == 0
+    assert "Average Precision" in capsys.readouterr().out
