@@ -33,7 +33,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="auto is fp16 autocast on CUDA and fp32 on the CPU (default: auto)")
 
 
-def add_vocabulary_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
     """--classes-file or repeated --class."""
     group = parser.add_argument_group("classes")
     group.add_argument("--classes-file", type=Path,
@@ -55,15 +55,11 @@ def vocabulary_from_args(args: argparse.Namespace):
 
 def model_from_args(args: argparse.Namespace, **kwargs):
     """A ClearCLIP built from the model options."""
-    from .model import resolve_device
     from .predictor import ClearCLIP
 
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    device = resolve_device(args.device)
-    precision = args.precision
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    return ClearCLIP.from_pretrained(args.model, pretrained, device=device, precision=precision, variant=args.variant, **kwargs)
+    return ClearCLIP.from_pretrained(args.model, pretrained, device=args.device, precision=args.precision,
+                                     variant=args.variant, **kwargs)
 
 
 def add_segment_parser(subparsers) -> None:
@@ -168,16 +164,25 @@ def add_label_parser(subparsers) -> None:
     parser.set_defaults(run=run_label)
 
 
-def label_config_from_args(args: argparse.Namespace, vocabulary):
-    """LabelConfig from the label options."""
-    from .labeling import LabelConfig
-    from .regions import RegionFilter, Thresholds, load_class_thresholds
+def job_from_args(args: argparse.Namespace):
+    """The LabelJob the label options describe."""
+    from .jobs import LabelJob
 
-    default = Thresholds(args.pixel_threshold, args.min_score, args.min_area)
-    per_class = load_class_thresholds(args.class_thresholds, default, vocabulary) if args.class_thresholds else {}
-    return LabelConfig(
-        vocabulary, settings_from_args(args), RegionFilter(default, per_class, args.instances),
-        batch_size=args.batch_size, num_workers=args.workers,
+    if args.classes_file is not None:
+        classes = str(args.classes_file)
+    elif args.classes:
+        classes = list(args.classes)
+    else:
+        raise ClearCLIPError("no classes given; pass --classes-file FILE or --class NAME (repeatable)")
+    segment = {"short_side": args.short_side, "max_long_side": args.max_long_side, "crop": args.crop,
+               "stride": args.stride, "logit_scale": args.logit_scale}
+    return LabelJob(
+        classes, model=args.model, pretrained=None if str(args.pretrained).lower() == "none" else args.pretrained,
+        variant=args.variant, device=args.device, precision=args.precision,
+        background_threshold=args.background_threshold, pixel_threshold=args.pixel_threshold,
+        min_score=args.min_score, min_area=args.min_area,
+        class_thresholds=str(args.class_thresholds) if args.class_thresholds else None, instances=args.instances,
+        batch_size=args.batch_size, num_workers=args.workers, segment=segment,
     )
 
 
@@ -186,11 +191,12 @@ def run_label(args: argparse.Namespace) -> int:
 
     if not args.dataset_dir.is_dir():
         raise ClearCLIPError(f"dataset folder {args.dataset_dir} does not exist or is not a folder")
-    vocabulary = vocabulary_from_args(args)
-    config = label_config_from_args(args, vocabulary)
+    job = job_from_args(args)
+    config = job.label_config()
+    info = job.info(config)
     run_dir = args.out or Path("workspace/runs") / args.dataset_dir.resolve().name
     cc = model_from_args(args)
-    summary = label_folder(cc, args.dataset_dir, run_dir, config, progress=not args.quiet)
+    summary = label_folder(cc, args.dataset_dir, run_dir, config, info, progress=not args.quiet)
     print(summary_table(summary))
     print(f"\nwrote {run_dir / 'annotations.json'}")
     return 0 if not summary["missing"] else 1

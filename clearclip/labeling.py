@@ -15,14 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import __version__
 from .atomic import write_json
 from .coco import assemble, region_annotation
 from .errors import ClearCLIPError
@@ -30,7 +29,6 @@ from .images import ImageLoadError, load_image
 from .predictor import ClearCLIP
 from .regions import RegionFilter, category_map, extract_regions
 from .segmentation import PreparedImage, Segmentation, SegmentSettings, prepare_image
-from .text import DEFAULT_TEMPLATES, template_key
 from .visualize import save_label_png
 from .vocabulary import Vocabulary
 
@@ -63,28 +61,6 @@ class LabelStats:
     skipped: int = 0  # already done by an earlier run
     failures: dict[str, str] = field(default_factory=dict)  # file -> reason
     seconds: float = 0.0
-
-
-def run_info(cc: ClearCLIP, config: LabelConfig) -> dict:
-    """The ``info`` block of annotations.json: model, weights, variant, vocabulary, thresholds, version."""
-    settings = asdict(config.settings)
-    templates = config.settings.templates
-    settings["templates"] = "openai_imagenet_80" if tuple(templates) == DEFAULT_TEMPLATES else template_key(templates)
-    return {
-        "description": "clearclip pseudo-annotations",
-        "tool": "clearclip",
-        "version": __version__,
-        "model": cc.description.get("model"),
-        "pretrained": cc.description.get("pretrained"),
-        "weights_sha256": cc.description.get("weights_sha256"),
-        "weights_id": cc.weights_id,
-        "variant": cc.variant,
-        "decomposition": asdict(cc.decomposition),
-        "vocabulary": config.vocabulary.to_strings(),
-        "background_class": config.vocabulary.has_background,
-        "settings": settings,
-        "thresholds": config.region_filter.to_dict(),
-    }
 
 
 def part_path(run_dir: Path, file_name: str) -> Path:
@@ -269,9 +245,12 @@ def summary_table(summary: dict) -> str:
 
 
 def label_folder(
-    cc: ClearCLIP, dataset_dir: str | Path, run_dir: str | Path, config: LabelConfig, progress: bool = True
+    cc: ClearCLIP, dataset_dir: str | Path, run_dir: str | Path, config: LabelConfig, info: dict, progress: bool = True
 ) -> dict:
-    """Label every image under ``dataset_dir`` into ``run_dir`` (resuming), merge, and return the summary."""
+    """Label every image under ``dataset_dir`` into ``run_dir`` (resuming), merge, and return the summary.
+
+    ``info`` (see ``LabelJob.info``) is what the run computes; a run folder only takes one.
+    """
     from .images import list_images
 
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
@@ -279,7 +258,6 @@ def label_folder(
         files = list_images(dataset_dir)
     except FileNotFoundError as error:
         raise ClearCLIPError(str(error)) from error
-    info = run_info(cc, config)
     check_run_dir(run_dir, info)
     stats = label_images(cc, dataset_dir, files, run_dir, config, progress=progress)
     extra = {

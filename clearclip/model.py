@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -43,8 +44,14 @@ class LoadedModel:
     description: dict = field(default_factory=dict)  # model name, pretrained tag or file, weight hash
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's contents."""
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's contents (remembered per path, size and modification time)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

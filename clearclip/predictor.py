@@ -72,9 +72,12 @@ class ClearCLIP:
         **kwargs,
     ) -> "ClearCLIP":
         """Load ``model_name`` (``ViT-B-16``, ``local-dir:/path``, ``hf-hub:org/repo``) with ``pretrained``
-        (a tag such as ``openai``, a weight file, or None for random weights)."""
+        (a tag such as ``openai``, a weight file, or None for random weights). ``precision="auto"``
+        is fp16 autocast on CUDA and fp32 on the CPU."""
         get_decomposition(variant)  # fail on a bad variant before loading weights
         resolved = resolve_device(device)
+        if precision == "auto":
+            precision = "fp16" if resolved.type == "cuda" else "fp32"
         autocast_dtype(precision, resolved)
         loaded = load_model(model_name, pretrained, device=resolved)
         return cls(

@@ -30,3 +30,13 @@ def tiny_dir(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_name(tiny_dir):
     return f"local-dir:{tiny_dir}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the session (it takes seconds to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
