@@ -301,6 +301,63 @@ def run_eval_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_review_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "review",
+        help="load a run into FiftyOne and open the App",
+        description="Create or update a persistent FiftyOne dataset with the run's images, instance pseudo-labels "
+                    "(pseudo_labels), label maps (pseudo_segmentation) and per-sample confidences, with a saved "
+                    "view 'least-confident-first'; then serve the FiftyOne App until interrupted.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished clearclip label run")
+    parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>)")
+    parser.add_argument("--gt", type=Path,
+                        help="ground truth: a COCO JSON (matched by file_name; adds ground_truth and evaluate_detections "
+                             "as eval) or a folder of label maps named like labels/ (adds evaluate_segmentations as eval_seg)")
+    parser.add_argument("--port", type=int, default=5151, help="App port (default: 5151)")
+    parser.add_argument("--address", default="127.0.0.1", help="App address (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--no-launch", action="store_true", help="load the dataset only, do not start the App")
+    parser.set_defaults(run=run_review)
+
+
+def run_review(args: argparse.Namespace) -> int:
+    from .review import launch, load_run
+
+    if args.gt is not None and not args.gt.exists():
+        raise ClearCLIPError(f"no such ground truth: {args.gt}")
+    dataset = load_run(args.run_dir, args.name, args.gt)
+    print(f"FiftyOne dataset '{dataset.name}': {len(dataset)} samples, "
+          f"{dataset.count('pseudo_labels.detections')} pseudo-labels")
+    if not args.no_launch:
+        launch(dataset, port=args.port, address=args.address)
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export reviewed labels from FiftyOne as COCO JSON",
+        description="Write a FiftyOne dataset's labels as COCO JSON with the run's categories and compressed RLE "
+                    "masks. Deleted detections are gone, relabeled ones carry their new category, and samples "
+                    "tagged 'rejected' are left out.",
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="FiftyOne dataset name (see clearclip review)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="output COCO JSON")
+    parser.add_argument("--field", default="pseudo_labels", help="Detections field to export (default: pseudo_labels)")
+    parser.add_argument("--tags", nargs="+", metavar="T", help="only samples with one of these tags")
+    parser.add_argument("--exclude-tags", nargs="*", default=["rejected"], metavar="T",
+                        help="leave out samples with any of these tags (default: rejected)")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_coco
+
+    document = export_coco(args.dataset, args.out, args.field, args.tags, args.exclude_tags)
+    print(f"wrote {args.out}: {len(document['images'])} images, {len(document['annotations'])} annotations")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clearclip",
@@ -312,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_parser(subparsers)
     add_eval_miou_parser(subparsers)
     add_eval_coco_parser(subparsers)
+    add_review_parser(subparsers)
+    add_export_parser(subparsers)
     return parser
 
 

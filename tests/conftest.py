@@ -9,6 +9,8 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="clearclip-tests-"))
 os.environ.setdefault("CLEARCLIP_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_SESSION_TMP / "fiftyone-db")
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_model import build_tiny_model, save_local_dir  # noqa: E402

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import psutil
+from processes import free_port, kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,27 +23,6 @@ with get_client(sync_client=True) as client:
     print(json.dumps([{"id": str(r.id), "name": r.name, "flow": flows.get(r.flow_id), "state": r.state_type.value,
                        "parameters": r.parameters} for r in runs]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_tree(process: subprocess.Popen | psutil.Process, sig_kill: bool = True) -> None:
-    """Kill a process and every descendant (flow-run processes start their own sessions)."""
-    try:
-        parent = psutil.Process(process.pid)
-        family = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        try:
-            p.kill() if sig_kill else p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=20)
 
 
 class PrefectStack:

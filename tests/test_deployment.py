@@ -7,7 +7,8 @@ import time
 from pycocotools.coco import COCO
 
 from folders import write_plain_folder
-from prefect_stack import PrefectStack, kill_tree
+from prefect_stack import PrefectStack
+from processes import kill_tree
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]
 

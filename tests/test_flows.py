@@ -51,8 +51,14 @@ def test_label_dataset_merge_equals_single_label_run(prefect_harness, folder, ti
     assert (out / "annotations.json").read_bytes() == (single / "annotations.json").read_bytes()
 
     again = label_dataset(dataset=str(folder), classes=CLASSES, out=str(out), model=tiny_model_name, device="cpu",
-                          shard_size=3, min_area=2, segment=SEGMENT)
+                          shard_size=3, min_area=2, segment=SEGMENT, review=True)
     assert again["last_invocation"]["shards_labeled"] == 0
+    import fiftyone as fo
+
+    from clearclip.review import default_dataset_name
+
+    reviewed = fo.load_dataset(default_dataset_name(out))
+    assert len(reviewed) == 8 and reviewed.count("pseudo_labels.detections") == again["annotations"]
     assert (out / "annotations.json").read_bytes() == (single / "annotations.json").read_bytes()
     run = json.loads((out / "run.json").read_text())
     assert run["images_labeled"] == 8 and run["shards"] == 3
