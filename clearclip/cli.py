@@ -31,6 +31,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ... (default: auto)")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                        help="auto is fp16 autocast on CUDA and fp32 on the CPU (default: auto)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the vision forward (faster on GPUs after a warm-up per window size)")
 
 
 def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +61,7 @@ def model_from_args(args: argparse.Namespace, **kwargs):
 
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     return ClearCLIP.from_pretrained(args.model, pretrained, device=args.device, precision=args.precision,
-                                     variant=args.variant, **kwargs)
+                                     variant=args.variant, compile=args.compile, **kwargs)
 
 
 def add_segment_parser(subparsers) -> None:

@@ -105,11 +105,12 @@ def test_accepts_pil_and_gray_and_rgba(cc):
     assert cc.segment(image[:, :, 0], ["a", "b"], **SMALL).labels.shape == (30, 40)
 
 
-def test_tiled_reduction_equals_full_resolution(cc):
+@pytest.mark.parametrize("spread", [0.02, 0.1])
+def test_tiled_reduction_equals_full_resolution(spread):
     torch.manual_seed(0)
-    logits = torch.randn(7, 23, 31) * 0.1
+    logits = torch.randn(7, 23, 31) * spread  # cosine logits: |l| <= 1, differences of a few hundredths
     query_to_class = torch.tensor([0, 1, 1, 2, 3, 3, 3])
-    for size in [(100, 77), (23, 31), (10, 12)]:
+    for size in [(100, 77), (23, 31), (10, 12), (1, 300), (300, 1)]:
         labels, scores = reduce_logits(logits, size, 50.0, query_to_class, 0.3, tile_elements=7 * 77 * 3)
         up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
         probs = (up * 50).softmax(0)
@@ -120,6 +121,21 @@ def test_tiled_reduction_equals_full_resolution(cc):
         assert (labels == ref_labels.numpy()).all()
 
 
+def test_skipping_hopeless_queries_changes_nothing(monkeypatch):
+    import clearclip.segmentation as segmentation
+
+    torch.manual_seed(0)
+    # smooth maps with a large spread, like real logit maps: most queries are hopeless in most tiles
+    logits = F.interpolate(torch.randn(1, 40, 4, 5), size=(30, 41), mode="bicubic", align_corners=False)[0]
+    query_to_class = torch.arange(40) // 2
+    assert len(segmentation.candidate_queries(logits[:, :4], 25.0 / 50)) < 20
+    pruned = reduce_logits(logits, (123, 97), 50.0, query_to_class, 0.0, tile_elements=40 * 97 * 8)
+    monkeypatch.setattr(segmentation, "PRUNE_MARGIN", float("inf"))
+    full = reduce_logits(logits, (123, 97), 50.0, query_to_class, 0.0, tile_elements=40 * 97 * 8)
+    assert np.array_equal(pruned[0], full[0])
+    assert np.abs(pruned[1] - full[1]).max() < 1e-6  # summation order only
+
+
 def test_batched_equals_one_by_one_with_mixed_sizes(cc):
     images = [random_image(45, 71, 1), random_image(13, 50, 2), random_image(30, 30, 3), random_image(64, 40, 4)]
     classes = ["sky", "grass, lawn", "road"]
@@ -127,10 +143,15 @@ def test_batched_equals_one_by_one_with_mixed_sizes(cc):
     batched = cc.segment_batch(images, classes, **SMALL)
     cc.window_batch_size = 1
     single = [cc.segment(image, classes, **SMALL) for image in images]
-    cc.window_batch_size = 8
     for a, b in zip(batched, single):
         assert np.array_equal(a.labels, b.labels)
         assert np.abs(a.scores - b.scores).max() < 1e-5
+
+
+def test_compiled_dense_forward_matches(tiny_model):
+    pixels = torch.randn(2, 3, 32, 48)
+    compiled = ClearCLIP(tiny_model, None, compile=True).encode_dense(pixels)
+    assert (compiled - ClearCLIP(tiny_model, None).encode_dense(pixels)).abs().max() < 1e-5
 
 
 def test_unknown_override_is_named(cc):
