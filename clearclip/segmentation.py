@@ -16,11 +16,9 @@ import torch.nn.functional as F
 from .text import DEFAULT_TEMPLATES, Template
 from .windows import resized_size
 
-TILE_ELEMENTS = 1 << 24  # floats per (queries x rows x width) tile of the final reduction
-TILE_ROWS = 64  # output rows per tile at most: small tiles keep the candidate query sets small
-# Queries whose scaled logit stays this far below the best one contribute under exp(-25) ~ 1.4e-11
-# of the winner's term to the softmax sum, below float32 resolution: they are skipped per tile.
-PRUNE_MARGIN = 25.0
+# floats per (queries x rows x width) tile of the final reduction: a few MB, so a tile stays in cache
+# (measured on 2 cores: 1080p x 171 queries reduces 5x faster in 8-row tiles than in 64-row ones)
+TILE_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -103,18 +101,10 @@ def _source_positions(in_size: int, out_size: int, device) -> tuple[torch.Tensor
     return i0.to(device), i1.to(device), w1.to(device)
 
 
-def candidate_queries(block: torch.Tensor, margin: float) -> torch.Tensor:
-    """Indices of the queries that can come within ``margin`` of the best one anywhere in ``block`` (Q, h, w).
-
-    Bilinear values lie between the min and max of their 2x2 source cell, so a query whose cell
-    maximum is below the best cell minimum minus ``margin`` is more than ``margin`` below the winner
-    at every output pixel of that cell.
-    """
-    padded = F.pad(block[None], (0, 1, 0, 1), mode="replicate")
-    upper = F.max_pool2d(padded, 2, stride=1)[0]
-    lower = -F.max_pool2d(-padded, 2, stride=1)[0]
-    keep = (upper >= lower.max(dim=0).values - margin).flatten(1).any(dim=1)
-    return keep.nonzero().squeeze(1)
+def max_probability(tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over dim 0 of scaled logits (Q, ...): the largest probability and its query index."""
+    top, best = tile.max(dim=0)
+    return (tile - top).exp().sum(dim=0).reciprocal(), best
 
 
 def reduce_logits(
@@ -124,38 +114,35 @@ def reduce_logits(
     query_to_class: torch.Tensor,
     background_threshold: float = 0.0,
     tile_elements: int = TILE_ELEMENTS,
+    probability_fn=max_probability,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and scores at ``size`` from averaged logits (Q, h, w) at the working resolution.
 
     Equal to: bilinear resize to ``size``, ``softmax(logit_scale * logits)`` over queries,
     max over each class's queries, argmax, and class 0 where the score is below
-    ``background_threshold``; computed in row tiles of at most ``tile_elements`` floats, each
-    over only the queries that can matter there (see ``candidate_queries``).
+    ``background_threshold``. Computed in row tiles of at most ``tile_elements`` floats, queries
+    innermost (channels-last), so no (Q, H, W) tensor is ever held. ``probability_fn`` is
+    ``max_probability`` or a compiled version of it.
     """
     queries, in_h, in_w = logits.shape
     out_h, out_w = size
     device = logits.device
+    scaled = logits * logit_scale  # bilinear resampling is linear: scale once, at the working resolution
     r0, r1, rw = _source_positions(in_h, out_h, device)
-    c0, c1, cw = _source_positions(in_w, out_w, device)
     labels = torch.empty((out_h, out_w), dtype=torch.int32)
     scores = torch.empty((out_h, out_w), dtype=torch.float32)
     query_to_class = query_to_class.to(device=device, dtype=torch.int32)
-    rows_per_tile = max(1, min(TILE_ROWS, tile_elements // max(1, queries * out_w)))
+    rows_per_tile = max(1, tile_elements // max(1, queries * out_w))
     for start in range(0, out_h, rows_per_tile):
         stop = min(start + rows_per_tile, out_h)
         first, last = int(r0[start]), int(r1[stop - 1])
-        block = logits[:, first : last + 1]
-        candidates = candidate_queries(block, PRUNE_MARGIN / logit_scale) if logit_scale > 0 else None
-        if candidates is not None:
-            block = block[candidates]
-        w = rw[start:stop].view(1, -1, 1)
-        rows = torch.lerp(block[:, r0[start:stop] - first], block[:, r1[start:stop] - first], w)
-        tile = torch.lerp(rows[:, :, c0], rows[:, :, c1], cw.view(1, 1, -1))
-        tile.mul_(logit_scale)
-        top, best = tile.max(dim=0)
-        tile.sub_(top).exp_()
-        score = tile.sum(dim=0).reciprocal_()
-        label = query_to_class[candidates[best] if candidates is not None else best]
+        block = scaled[:, first : last + 1]
+        rows = torch.lerp(block[:, r0[start:stop] - first], block[:, r1[start:stop] - first], rw[start:stop].view(1, -1, 1))
+        # columns: torch's own kernel; rows map to themselves (scale 1), so only the width is resampled
+        rows = rows[None].contiguous(memory_format=torch.channels_last)
+        tile = F.interpolate(rows, size=(stop - start, out_w), mode="bilinear", align_corners=False)[0]
+        score, best = probability_fn(tile)
+        label = query_to_class[best]
         if background_threshold > 0:
             label[score < background_threshold] = 0
         labels[start:stop] = label.cpu()

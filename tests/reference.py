@@ -86,7 +86,8 @@ def compute_padsize(h, w, patch):
 
 @torch.no_grad()
 def reference_segment(model, image_uint8, text, query_idx, mean, std, *, short_side=448, max_long_side=2048,
-                      crop=448, stride=224, logit_scale=50.0, prob_thd=0.0, attention="qq", residual=False, ffn=False):
+                      crop=448, stride=224, logit_scale=50.0, prob_thd=0.0, attention="qq", residual=False, ffn=False,
+                      return_probs=False):
     """Labels and scores of one image, following the reference forward_slide and postprocess."""
     img = reference_resize(image_uint8, short_side, max_long_side)
     img = (img / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -125,4 +126,6 @@ def reference_segment(model, image_uint8, text, query_idx, mean, std, *, short_s
     labels = probs.argmax(0)
     scores = probs.max(0)[0]
     labels[scores < prob_thd] = 0
+    if return_probs:
+        return labels.numpy().astype(np.int32), scores.numpy(), probs.numpy()
     return labels.numpy().astype(np.int32), scores.numpy()

@@ -127,3 +127,17 @@ def test_background_threshold_needs_a_background_class(hostile, tiny_model_name,
     code = main(["label", str(root), "--out", str(tmp_path), "--model", tiny_model_name, "--class", "cat",
                  "--class", "dog", "--background-threshold", "0.5", *SMALL])
     assert code == 2 and "background" in capsys.readouterr().err
+
+
+def test_batch_size_does_not_change_the_annotations(tiny_model_name, tmp_path):
+    from folders import write_plain_folder
+
+    root = tmp_path / "data"
+    write_plain_folder(root, 5, size=(40, 52))
+    outputs = []
+    for batch, workers in [("1", "0"), ("3", "1")]:
+        out = tmp_path / f"b{batch}"
+        assert main(["label", str(root), "--out", str(out), "--model", tiny_model_name, "--batch-size", batch,
+                     "--workers", workers, "--class", "sky", "--class", "grass", "--class", "road", *SMALL]) == 0
+        outputs.append((out / "annotations.json").read_bytes())
+    assert outputs[0] == outputs[1]
