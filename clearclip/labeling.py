@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .atomic import write_json
 from .coco import assemble, region_annotation
 from .errors import ClearCLIPError
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, list_images, load_image
 from .predictor import ClearCLIP
 from .regions import RegionFilter, category_map, extract_regions
 from .segmentation import PreparedImage, Segmentation, SegmentSettings, prepare_image
@@ -251,8 +251,6 @@ def label_folder(
 
     ``info`` (see ``LabelJob.info``) is what the run computes; a run folder only takes one.
     """
-    from .images import list_images
-
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     try:
         files = list_images(dataset_dir)

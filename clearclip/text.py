@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
+from .atomic import atomic_path
+
 Template = str | Callable[[str], str]
 
 # open_clip ships them as lambdas; as "{}" strings they are hashable, printable cache keys
@@ -136,8 +138,6 @@ class TextEmbeddingCache:
         self._memory[key] = value
         if self.weights_id is None:
             return
-        from .atomic import atomic_path
-
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
