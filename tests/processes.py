@@ -15,7 +15,8 @@ def free_port() -> int:
 
 
 def kill_tree(process: subprocess.Popen | psutil.Process, sig_kill: bool = True) -> None:
-    """Kill a process and every descendant (flow-run processes start their own sessions)."""
+    """Stop a process and every descendant (flow-run processes start their own sessions): SIGKILL, or
+    SIGTERM first when ``sig_kill`` is False, with SIGKILL for whatever still runs 15 s later."""
     try:
         parent = psutil.Process(process.pid)
         family = parent.children(recursive=True) + [parent]
@@ -26,4 +27,10 @@ def kill_tree(process: subprocess.Popen | psutil.Process, sig_kill: bool = True)
             p.kill() if sig_kill else p.terminate()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family, timeout=20)
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:  # whatever ignored the polite signal
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)

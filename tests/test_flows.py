@@ -62,3 +62,30 @@ def test_label_dataset_merge_equals_single_label_run(prefect_harness, folder, ti
     assert (out / "annotations.json").read_bytes() == (single / "annotations.json").read_bytes()
     run = json.loads((out / "run.json").read_text())
     assert run["images_labeled"] == 8 and run["shards"] == 3
+
+
+def test_shard_retries_cuda_out_of_memory_with_smaller_batches(prefect_harness, folder, tiny_model_name, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+
+    import flows.label_shard as shard_module
+    from clearclip import ClearCLIP
+    from clearclip.images import list_images
+    from clearclip.jobs import LabelJob
+
+    class OneImageFits(ClearCLIP):
+        """A device that runs out of memory on any batch of more than one image."""
+
+        def segment_prepared(self, prepared, vocabulary, settings):
+            if len(prepared) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().segment_prepared(prepared, vocabulary, settings)
+
+    base = ClearCLIP.from_pretrained(tiny_model_name, device="cpu")
+    monkeypatch.setattr(shard_module, "load_labeler", lambda *args: OneImageFits(base.model, base.tokenizer))
+    files = [f for f in list_images(folder) if f != "broken.png"][:5]
+    job = LabelJob(CLASSES, model=tiny_model_name, device="cpu", batch_size=4, num_workers=0, segment=SEGMENT)
+    record = shard_module.label_shard(job.to_dict(), str(folder), files, str(tmp_path), 0)
+    assert record["batch_size"] == 1 and record["labeled"] == len(files)
+    assert len(list((tmp_path / "parts").rglob("*.json"))) == len(files)
