@@ -55,13 +55,13 @@ def vocabulary_from_args(args: argparse.Namespace):
     return Vocabulary.from_strings(args.classes)
 
 
-def model_from_args(args: argparse.Namespace, **kwargs):
+def model_from_args(args: argparse.Namespace):
     """A ClearCLIP built from the model options."""
     from .predictor import ClearCLIP
 
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     return ClearCLIP.from_pretrained(args.model, pretrained, device=args.device, precision=args.precision,
-                                     variant=args.variant, compile=args.compile, **kwargs)
+                                     variant=args.variant, compile=args.compile)
 
 
 def add_segment_parser(subparsers) -> None:
@@ -122,14 +122,15 @@ def add_segment_settings(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--logit-scale", type=float, default=50.0, help="softmax temperature factor (default: 50)")
 
 
+SEGMENT_OPTIONS = ("short_side", "max_long_side", "crop", "stride", "logit_scale")
+
+
 def settings_from_args(args: argparse.Namespace):
     """SegmentSettings from the segmentation options."""
     from .segmentation import SegmentSettings
 
-    return SegmentSettings(
-        short_side=args.short_side, max_long_side=args.max_long_side, crop=args.crop, stride=args.stride,
-        logit_scale=args.logit_scale, background_threshold=args.background_threshold,
-    )
+    return SegmentSettings(background_threshold=args.background_threshold,
+                           **{name: getattr(args, name) for name in SEGMENT_OPTIONS})
 
 
 def add_label_parser(subparsers) -> None:
@@ -176,8 +177,7 @@ def job_from_args(args: argparse.Namespace):
         classes = list(args.classes)
     else:
         raise ClearCLIPError("no classes given; pass --classes-file FILE or --class NAME (repeatable)")
-    segment = {"short_side": args.short_side, "max_long_side": args.max_long_side, "crop": args.crop,
-               "stride": args.stride, "logit_scale": args.logit_scale}
+    segment = {name: getattr(args, name) for name in SEGMENT_OPTIONS}
     return LabelJob(
         classes, model=args.model, pretrained=None if str(args.pretrained).lower() == "none" else args.pretrained,
         variant=args.variant, device=args.device, precision=args.precision,
