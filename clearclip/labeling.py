@@ -87,6 +87,26 @@ def is_done(run_dir: Path, file_name: str) -> bool:
     return part is not None and "error" not in part
 
 
+def set_aside_collisions(run_dir: Path, files: Sequence[str]) -> list[str]:
+    """Files whose label map path is not taken by an earlier file; the others get a failure record.
+
+    ``a.jpg`` and ``a.png`` in one folder would share ``labels/a.png``: the first in sorted order is
+    labeled, the second is reported with the reason.
+    """
+    owner: dict[Path, str] = {}
+    kept = []
+    for file_name in files:
+        target = label_path(run_dir, file_name)
+        if target in owner:
+            reason = f"its label map {target.name} would overwrite that of {owner[target]}; rename one of them"
+            print(f"clearclip: skipped {file_name}: {reason}", file=sys.stderr)
+            write_json(part_path(run_dir, file_name), {"file_name": file_name, "error": reason})
+            continue
+        owner[target] = file_name
+        kept.append(file_name)
+    return kept
+
+
 def check_run_dir(run_dir: Path, info: dict) -> None:
     """Record what the run computes in ``config.json``; refuse to mix in results of other settings."""
     path = run_dir / "config.json"
@@ -257,7 +277,7 @@ def label_folder(
     except FileNotFoundError as error:
         raise ClearCLIPError(str(error)) from error
     check_run_dir(run_dir, info)
-    stats = label_images(cc, dataset_dir, files, run_dir, config, progress=progress)
+    stats = label_images(cc, dataset_dir, set_aside_collisions(run_dir, files), run_dir, config, progress=progress)
     extra = {
         "dataset": str(dataset_dir.resolve()),
         "last_invocation": {

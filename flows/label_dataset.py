@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from clearclip.errors import ClearCLIPError
 from clearclip.images import list_images
 from clearclip.jobs import LabelJob, make_shards, read_shard_marker
-from clearclip.labeling import check_run_dir, merge_run
+from clearclip.labeling import check_run_dir, merge_run, set_aside_collisions
 from flows.label_shard import label_shard
 
 SHARD_DEPLOYMENT = "label-shard/gpu"
@@ -118,7 +118,7 @@ def label_dataset(
         raise ClearCLIPError(str(error)) from error
     run_dir = out or default_out(dataset)
     check_run_dir(Path(run_dir), info)
-    shards = make_shards(files, shard_size)
+    shards = make_shards(set_aside_collisions(Path(run_dir), files), shard_size)
     pending = [index for index in range(len(shards)) if read_shard_marker(run_dir, index) is None]
     logger.info("%d images in %d shards; %d shards to label into %s", len(files), len(shards), len(pending), run_dir)
 

@@ -141,3 +141,18 @@ def test_batch_size_does_not_change_the_annotations(tiny_model_name, tmp_path):
                      "--workers", workers, "--class", "sky", "--class", "grass", "--class", "road", *SMALL]) == 0
         outputs.append((out / "annotations.json").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_files_sharing_a_label_map_name_are_reported(tiny_model_name, tmp_path):
+    from folders import smooth_image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("a.jpg", "a.png", "b.png"):
+        Image.fromarray(smooth_image(30, 40, 0)).save(root / name)
+    out = tmp_path / "run"
+    assert main(["label", str(root), "--out", str(out), "--model", tiny_model_name, "--workers", "0",
+                 "--class", "sky", "--class", "grass", *SMALL]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert [f["file"] for f in run["failures"]] == ["a.png"] and "rename" in run["failures"][0]["error"]
+    assert run["images_labeled"] == 2
