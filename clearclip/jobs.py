@@ -13,7 +13,7 @@ from .labeling import LabelConfig
 from .model import resolve_weights
 from .regions import RegionFilter, Thresholds, load_class_thresholds
 from .segmentation import SegmentSettings
-from .text import DEFAULT_TEMPLATES
+from .text import DEFAULT_TEMPLATES, template_key
 from .vocabulary import Vocabulary
 
 
@@ -56,7 +56,7 @@ class LabelJob:
         weights_id, description = resolve_weights(self.model, self.pretrained)
         settings = asdict(config.settings)
         templates = config.settings.templates
-        settings["templates"] = "openai_imagenet_80" if tuple(templates) == DEFAULT_TEMPLATES else list(templates)
+        settings["templates"] = "openai_imagenet_80" if tuple(templates) == DEFAULT_TEMPLATES else template_key(templates)
         return {
             "description": "clearclip pseudo-annotations",
             "version": __version__,

@@ -89,3 +89,12 @@ def test_shard_retries_cuda_out_of_memory_with_smaller_batches(prefect_harness, 
     record = shard_module.label_shard(job.to_dict(), str(folder), files, str(tmp_path), 0)
     assert record["batch_size"] == 1 and record["labeled"] == len(files)
     assert len(list((tmp_path / "parts").rglob("*.json"))) == len(files)
+
+
+def test_job_info_is_json_with_custom_templates(tiny_model_name):
+    from clearclip.jobs import LabelJob
+
+    job = LabelJob(["sky", "road"], model=tiny_model_name, segment={"templates": ["a {}.", lambda name: f"{name}!"]})
+    info = json.loads(json.dumps(job.info()))
+    assert info["settings"]["templates"] == ["a {}.", "{}!"]
+    assert LabelJob(["sky"], model=tiny_model_name).info()["settings"]["templates"] == "openai_imagenet_80"
