@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ClearCLIPError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -26,7 +28,7 @@ def list_images(root: str | Path) -> list[str]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist or is not a folder")
+        raise ClearCLIPError(f"dataset folder {root} does not exist or is not a folder")
     found = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)

@@ -253,7 +253,7 @@ def summary_table(summary: dict) -> str:
         f"annotations     {summary['annotations']}",
         f"failures        {len(summary['failures'])}",
     ]
-    if "images_per_second" in summary:
+    if summary.get("images_per_second"):
         lines.append(f"images/s        {summary['images_per_second']:.2f}")
     lines.append("")
     lines.append(f"{'class':<30} {'annotations':>11}")
@@ -272,25 +272,19 @@ def label_folder(
     ``info`` (see ``LabelJob.info``) is what the run computes; a run folder only takes one.
     """
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
-    try:
-        files = list_images(dataset_dir)
-    except FileNotFoundError as error:
-        raise ClearCLIPError(str(error)) from error
+    files = list_images(dataset_dir)
     check_run_dir(run_dir, info)
     stats = label_images(cc, dataset_dir, set_aside_collisions(run_dir, files), run_dir, config, progress=progress)
     extra = {
         "dataset": str(dataset_dir.resolve()),
+        "images_per_second": stats.labeled / stats.seconds if stats.seconds and stats.labeled else 0.0,
         "last_invocation": {
             "labeled": stats.labeled,
             "skipped_as_done": stats.skipped,
             "failed": len(stats.failures),
             "seconds": round(stats.seconds, 3),
-            "images_per_second": round(stats.labeled / stats.seconds, 3) if stats.seconds else None,
             "device": str(cc.device),
             "torch": torch.__version__,
         },
     }
-    summary = merge_run(run_dir, files, config.vocabulary, info, extra)
-    if stats.seconds and stats.labeled:
-        summary["images_per_second"] = stats.labeled / stats.seconds
-    return summary
+    return merge_run(run_dir, files, config.vocabulary, info, extra)

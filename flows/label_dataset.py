@@ -15,7 +15,6 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from clearclip.errors import ClearCLIPError
 from clearclip.images import list_images
 from clearclip.jobs import LabelJob, make_shards, read_shard_marker
 from clearclip.labeling import check_run_dir, merge_run, set_aside_collisions
@@ -112,10 +111,7 @@ def label_dataset(
     )
     config = job.label_config()
     info = job.info(config)
-    try:
-        files = list_images(dataset)
-    except FileNotFoundError as error:
-        raise ClearCLIPError(str(error)) from error
+    files = list_images(dataset)
     run_dir = out or default_out(dataset)
     check_run_dir(Path(run_dir), info)
     shards = make_shards(set_aside_collisions(Path(run_dir), files), shard_size)

@@ -41,6 +41,13 @@ def test_images_are_found_recursively_in_any_case(hostile):
     assert list_images(root) == sorted(expected["readable"] + list(expected["broken"]))
 
 
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    from clearclip import ClearCLIPError
+
+    with pytest.raises(ClearCLIPError, match="does not exist or is not a folder"):
+        list_images(tmp_path / "nope")
+
+
 def test_hostile_images_decode_upright_rgb(hostile):
     root, expected = hostile
     for name in expected["readable"]:
