@@ -52,12 +52,17 @@ def _read_run(run_dir: Path) -> tuple[dict, Path]:
     return document, Path(run["dataset"])
 
 
+def _annotations_by_image(document: dict) -> dict[int, list[dict]]:
+    by_image: dict[int, list[dict]] = {}
+    for annotation in document["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    return by_image
+
+
 def _ground_truth_by_file(gt_path: Path) -> dict[str, tuple[list[dict], dict[int, str]]]:
     data = json.loads(gt_path.read_text(encoding="utf-8"))
     names = {c["id"]: c["name"] for c in data["categories"]}
-    by_image: dict[int, list[dict]] = {}
-    for annotation in data["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    by_image = _annotations_by_image(data)
     return {image["file_name"]: (by_image.get(image["id"], []), names) for image in data["images"]}
 
 
@@ -82,9 +87,7 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
 
     gt_path = Path(gt) if gt else None
     gt_coco = _ground_truth_by_file(gt_path) if gt_path and gt_path.is_file() else None
-    by_image: dict[int, list[dict]] = {}
-    for annotation in document["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    by_image = _annotations_by_image(document)
     existing = {filepath: sample_id for filepath, sample_id in zip(*dataset.values(["filepath", "id"]))}
 
     new_samples = []
