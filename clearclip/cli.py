@@ -44,24 +44,26 @@ def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
                        help="a class (repeatable; 'person, man' gives synonyms); used when no --classes-file is given")
 
 
-def vocabulary_from_args(args: argparse.Namespace):
-    """The Vocabulary named by --classes-file or --class."""
-    from .vocabulary import Vocabulary
-
+def classes_from_args(args: argparse.Namespace) -> str | list[str]:
+    """The --classes-file path, else the --class strings."""
     if args.classes_file is not None:
-        return Vocabulary.from_file(args.classes_file)
+        return str(args.classes_file)
     if not args.classes:
         raise ClearCLIPError("no classes given; pass --classes-file FILE or --class NAME (repeatable)")
-    return Vocabulary.from_strings(args.classes)
+    return list(args.classes)
+
+
+def pretrained_from_args(args: argparse.Namespace) -> str | None:
+    """--pretrained, with 'none' meaning random weights."""
+    return None if str(args.pretrained).lower() == "none" else args.pretrained
 
 
 def model_from_args(args: argparse.Namespace):
     """A ClearCLIP built from the model options."""
     from .predictor import ClearCLIP
 
-    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    return ClearCLIP.from_pretrained(args.model, pretrained, device=args.device, precision=args.precision,
-                                     variant=args.variant, compile=args.compile)
+    return ClearCLIP.from_pretrained(args.model, pretrained_from_args(args), device=args.device,
+                                     precision=args.precision, variant=args.variant, compile=args.compile)
 
 
 def add_segment_parser(subparsers) -> None:
@@ -85,7 +87,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .predictor import class_pixel_shares
     from .visualize import save_label_png, save_overlay
 
-    vocabulary = vocabulary_from_args(args)
+    from .vocabulary import Vocabulary
+
+    vocabulary = Vocabulary.load(classes_from_args(args))
     missing = [str(p) for p in args.images if not p.is_file()]
     if len(missing) == len(args.images):
         raise ClearCLIPError(f"no such image file: {', '.join(missing)}")
@@ -171,15 +175,9 @@ def job_from_args(args: argparse.Namespace):
     """The LabelJob the label options describe."""
     from .jobs import LabelJob
 
-    if args.classes_file is not None:
-        classes = str(args.classes_file)
-    elif args.classes:
-        classes = list(args.classes)
-    else:
-        raise ClearCLIPError("no classes given; pass --classes-file FILE or --class NAME (repeatable)")
     segment = {name: getattr(args, name) for name in SEGMENT_OPTIONS}
     return LabelJob(
-        classes, model=args.model, pretrained=None if str(args.pretrained).lower() == "none" else args.pretrained,
+        classes_from_args(args), model=args.model, pretrained=pretrained_from_args(args),
         variant=args.variant, device=args.device, precision=args.precision,
         background_threshold=args.background_threshold, pixel_threshold=args.pixel_threshold,
         min_score=args.min_score, min_area=args.min_area,

@@ -37,14 +37,9 @@ class LabelJob:
     num_workers: int = -1
     segment: dict = field(default_factory=dict)  # overrides of SegmentSettings: short_side, crop, stride, ...
 
-    def vocabulary(self) -> Vocabulary:
-        if isinstance(self.classes, str):
-            return Vocabulary.from_file(self.classes)
-        return Vocabulary.from_strings(self.classes)
-
     def label_config(self) -> LabelConfig:
         """The LabelConfig this job describes; raises ClearCLIPError for bad values."""
-        vocabulary = self.vocabulary()
+        vocabulary = Vocabulary.load(self.classes)
         default = Thresholds(self.pixel_threshold, self.min_score, self.min_area)
         per_class = load_class_thresholds(self.class_thresholds, default, vocabulary) if self.class_thresholds else {}
         settings = SegmentSettings(background_threshold=self.background_threshold).with_overrides(**self.segment)

@@ -44,6 +44,13 @@ class Vocabulary:
             raise ClearCLIPError(f"class file {path} lists no classes")
         return cls.from_strings(lines)
 
+    @classmethod
+    def load(cls, classes: str | Path | Sequence[str]) -> "Vocabulary":
+        """A class-file path (``str`` or ``Path``) or a list of class strings."""
+        if isinstance(classes, (str, Path)):
+            return cls.from_file(classes)
+        return cls.from_strings(classes)
+
     @property
     def names(self) -> list[str]:
         """Display name of each class: its first synonym."""
