@@ -1,9 +1,9 @@
 """ClearCLIP's decomposed last block and the dense forward pass of an open_clip ViT.
 
-The visual encoder runs unchanged up to the last residual block. That block is replaced by
-its decomposed form ``x = [x +] out_proj(attention(ln_1(x))) [+ mlp(ln_2(x))]`` with a
-configurable attention (``qk`` is CLIP's own, ``qq`` is ClearCLIP's). The unmodified last
-block is never run.
+Every residual block runs as ``x = [x +] out_proj(attention(ln_1(x))) [+ mlp(ln_2(x))]`` with
+``scaled_dot_product_attention``: the first blocks in their unmodified form (``qk`` attention,
+residual and FFN), the last one in its decomposed form (``qq`` is ClearCLIP's). The
+unmodified last block is never run.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ VARIANTS: dict[str, Decomposition] = {
     "maskclip": Decomposition("identity", residual=False, ffn=False),
     "sclip": Decomposition("qq+kk", residual=True, ffn=False),
 }
+UNMODIFIED = VARIANTS["vanilla"]
 
 
 def get_decomposition(variant: str | Decomposition) -> Decomposition:
@@ -64,16 +65,16 @@ def check_supported(visual: nn.Module) -> None:
         )
     if getattr(visual, "attn_pool", None) is not None:
         raise ClearCLIPError("vision towers with attentional pooling (CoCa) are not supported")
-    block = visual.transformer.resblocks[-1]
-    attn = getattr(block, "attn", None)
-    if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
-        raise ClearCLIPError(
-            f"the last block's attention is {type(attn).__name__}, not nn.MultiheadAttention with a packed "
-            "in_proj; this open_clip version changed its internals (install open_clip_torch>=3,<4)"
-        )
-    for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"):
-        if not hasattr(block, name):
-            raise ClearCLIPError(f"the last block has no '{name}'; install open_clip_torch>=3,<4")
+    for index, block in enumerate(visual.transformer.resblocks):
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
+            raise ClearCLIPError(
+                f"block {index}'s attention is {type(attn).__name__}, not nn.MultiheadAttention with a packed "
+                "in_proj; this open_clip version changed its internals (install open_clip_torch>=3,<4)"
+            )
+        for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"):
+            if not hasattr(block, name):
+                raise ClearCLIPError(f"block {index} has no '{name}'; install open_clip_torch>=3,<4")
 
 
 def resample_positional_embedding(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
@@ -102,8 +103,11 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.view(b, n, heads, c // heads).transpose(1, 2)
 
 
-def decomposed_last_block(block: nn.Module, x: torch.Tensor, decomposition: Decomposition) -> torch.Tensor:
-    """Run an open_clip ``ResidualAttentionBlock`` in decomposed form on batch-first tokens (B, N, C)."""
+def run_block(block: nn.Module, x: torch.Tensor, decomposition: Decomposition = UNMODIFIED) -> torch.Tensor:
+    """Run an open_clip ``ResidualAttentionBlock`` on batch-first tokens (B, N, C), decomposed as asked.
+
+    With ``UNMODIFIED`` this is the block's own forward, computed with SDPA.
+    """
     attn: nn.MultiheadAttention = block.attn
     y = block.ln_1(x)
     q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -158,14 +162,10 @@ def dense_features(
     x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
     x = visual.ln_pre(x)
 
-    transformer = visual.transformer
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)
-    for block in transformer.resblocks[:-1]:
-        x = block(x)
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)
-    x = decomposed_last_block(transformer.resblocks[-1], x, decomposition)
+    *first_blocks, last_block = visual.transformer.resblocks
+    for block in first_blocks:
+        x = run_block(block, x)
+    x = run_block(last_block, x, decomposition)
 
     x = visual.ln_post(x[:, 1:]) @ visual.proj
     x = F.normalize(x.float(), dim=-1)
@@ -187,7 +187,8 @@ __all__ = [
     "get_decomposition",
     "check_supported",
     "resample_positional_embedding",
-    "decomposed_last_block",
+    "UNMODIFIED",
+    "run_block",
     "dense_features",
     "PositionalEmbeddingCache",
     "patch_size",

@@ -93,7 +93,9 @@ def test_background_threshold(cc):
     assert (seg.labels[~low] == plain.labels[~low]).all()
     assert np.array_equal(seg.scores, plain.scores)
     labels, _ = reference_for(cc, image, classes, threshold=threshold, **SMALL)
-    assert (seg.labels == labels).all()
+    clear = np.abs(plain.scores - threshold) > 1e-5  # scores agree to 1e-5; right at the threshold either side is right
+    assert clear.mean() > 0.9
+    assert (seg.labels[clear] == labels[clear]).all()
 
 
 def test_accepts_pil_and_gray_and_rgba(cc):
