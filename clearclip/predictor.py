@@ -19,9 +19,9 @@ from .segmentation import (
     PreparedImage,
     Segmentation,
     SegmentSettings,
-    max_probability,
     prepare_image,
     reduce_logits,
+    resize_channels_last,
 )
 from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, encode_names
 from .vocabulary import Vocabulary
@@ -38,8 +38,8 @@ class ClearCLIP:
         precision: ``fp32``, or ``fp16``/``bf16`` autocast on CUDA.
         window_batch_size: sliding windows (from one or several images) per forward pass; default
             16 on CUDA and 1 on the CPU, where larger batches measured slower per window.
-        compile: ``torch.compile`` the dense forward (once per window size) and the softmax reduction;
-            the first image pays the compilation, later ones run faster.
+        compile: ``torch.compile`` the dense forward (once per window size); the first image pays
+            the compilation, later ones run faster.
     """
 
     def __init__(
@@ -70,7 +70,6 @@ class ClearCLIP:
         self.description = dict(description or {})
         self.window_batch_size = window_batch_size or (16 if self.device.type == "cuda" else 1)
         self._dense_features = torch.compile(dense_features) if compile else dense_features
-        self._max_probability = torch.compile(max_probability, dynamic=True) if compile else max_probability
         self._text_cache = TextEmbeddingCache(weights_id, Path(cache_dir) if cache_dir else None)
         self._pos_cache = PositionalEmbeddingCache()
 
@@ -170,15 +169,14 @@ class ClearCLIP:
                 chunk = items[start : start + self.window_batch_size]
                 crops = torch.stack([self._crop(pixels[i], window, pad) for i, window, pad in chunk])
                 features = self.encode_dense(crops)
-                logits = torch.einsum("bhwd,qd->bqhw", features, text)
+                logits = resize_channels_last(features @ text.T, crops.shape[-2:])  # (B, padded h, padded w, Q)
                 for (index, window, pad), window_logits in zip(chunk, logits):
-                    accumulators[index].add(self._window_logits(window_logits, window, pad), *window)
+                    accumulators[index].add(self._unpad(window_logits, pad), *window)
 
         results = []
         for image, accumulator in zip(prepared, accumulators):
             labels, scores = reduce_logits(
-                accumulator.mean(), image.original_size, settings.logit_scale, query_to_class,
-                settings.background_threshold, probability_fn=self._max_probability,
+                accumulator.mean(), image.original_size, settings.logit_scale, query_to_class, settings.background_threshold
             )
             results.append(Segmentation(labels, scores, vocabulary.names))
         return results
@@ -189,12 +187,10 @@ class ClearCLIP:
         return F.pad(crop, tuple(pad)) if any(pad) else crop
 
     @staticmethod
-    def _window_logits(logits: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
-        """Patch logits (Q, gh, gw) upsampled to the padded window, padding cut off."""
-        padded_h = window.y2 - window.y1 + pad.top + pad.bottom
-        padded_w = window.x2 - window.x1 + pad.left + pad.right
-        up = F.interpolate(logits[None].float(), size=(padded_h, padded_w), mode="bilinear", align_corners=False)[0]
-        return up[:, pad.top : padded_h - pad.bottom, pad.left : padded_w - pad.right]
+    def _unpad(logits: torch.Tensor, pad: Padding) -> torch.Tensor:
+        """Window logits (h, w, Q) of the padded window without the padding."""
+        height, width = logits.shape[:2]
+        return logits[pad.top : height - pad.bottom, pad.left : width - pad.right]
 
 
 def class_pixel_shares(segmentation: Segmentation) -> list[tuple[str, float]]:
