@@ -37,7 +37,7 @@ class ClearCLIP:
         variant: a preset name (``clearclip``, ``vanilla``, ``maskclip``, ``sclip``) or a Decomposition.
         precision: ``fp32``, or ``fp16``/``bf16`` autocast on CUDA.
         window_batch_size: sliding windows (from one or several images) per forward pass; default
-            16 on CUDA and 1 on the CPU, where larger batches measured slower per window.
+            16 on CUDA and 1 on the CPU, where larger batches measured no faster per window.
         compile: ``torch.compile`` the dense forward (once per window size); the first image pays
             the compilation, later ones run faster.
     """
