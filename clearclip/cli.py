@@ -71,7 +71,8 @@ def add_segment_parser(subparsers) -> None:
         "segment",
         help="segment images and write label maps and overlays",
         description="Segment images with ClearCLIP. Writes <name>_labels.png (pixel value = class index) and "
-                    "<name>_overlay.png (colours and a legend) per image, and prints each class's pixel share.",
+                    "<name>_overlay.png (colours and a legend) per image, and prints each class's pixel share. <name> is "
+                    "the file's stem; images whose stem is already taken get <stem>-2, <stem>-3, ...",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     add_vocabulary_options(parser)
@@ -95,6 +96,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ClearCLIPError(f"no such image file: {', '.join(missing)}")
     settings = settings_from_args(args)
     cc = model_from_args(args)
+    names = output_names(args.images)
     failures = 0
     for path in args.images:
         try:
@@ -104,13 +106,30 @@ def run_segment(args: argparse.Namespace) -> int:
             failures += 1
             continue
         seg = cc.segment_prepared([cc.prepare(image, settings)], vocabulary, settings)[0]
-        save_label_png(seg.labels, args.out / f"{path.stem}_labels.png")
-        save_overlay(image, seg.labels, seg.classes, args.out / f"{path.stem}_overlay.png")
-        print(f"\n{path} ({image.shape[1]}x{image.shape[0]}) -> {args.out / (path.stem + '_overlay.png')}")
+        name = names[path]
+        save_label_png(seg.labels, args.out / f"{name}_labels.png")
+        save_overlay(image, seg.labels, seg.classes, args.out / f"{name}_overlay.png")
+        print(f"\n{path} ({image.shape[1]}x{image.shape[0]}) -> {args.out / (name + '_overlay.png')}")
         print(f"  {'class':<30} {'pixels':>8}")
         for name, share in class_pixel_shares(seg):
             print(f"  {name:<30} {100 * share:>7.1f}%")
     return 1 if failures else 0
+
+
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """Each image's output name: its stem, with -2, -3, ... for later images whose stem is taken."""
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        if path in names:
+            continue
+        name, number = path.stem, 1
+        while name in taken:
+            number += 1
+            name = f"{path.stem}-{number}"
+        names[path] = name
+        taken.add(name)
+    return names
 
 
 def add_segment_settings(parser: argparse.ArgumentParser) -> None:

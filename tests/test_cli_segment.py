@@ -40,6 +40,18 @@ def test_segment_writes_label_maps_overlays_and_a_table(images, tiny_model_name,
     assert "%" in printed
 
 
+def test_images_with_the_same_stem_get_their_own_outputs(tiny_model_name, tmp_path):
+    rng = np.random.default_rng(1)
+    paths = [tmp_path / "x" / "a.png", tmp_path / "y" / "a.png", tmp_path / "y" / "a.jpg"]
+    for index, path in enumerate(paths):  # widths 40, 48, 56 tell the outputs apart
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40 + 8 * index), dtype=np.uint8)).save(path)
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, paths), "--class", "sky", "--class", "road", "--out", str(out), *small(tiny_model_name)]) == 0
+    widths = [np.asarray(Image.open(out / f"{name}_labels.png")).shape[1] for name in ["a", "a-2", "a-3"]]
+    assert widths == [Image.open(path).width for path in paths]
+
+
 def test_help_explains_every_option():
     result = subprocess.run([sys.executable, "-m", "clearclip", "segment", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
