@@ -91,6 +91,7 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     existing = {filepath: sample_id for filepath, sample_id in zip(*dataset.values(["filepath", "id"]))}
 
     new_samples = []
+    updates: dict[str, dict[str, object]] = {}  # field -> {sample id: value}, written in bulk below
     for image in document["images"]:
         filepath = str((dataset_dir / image["file_name"]).resolve())
         width, height = image["width"], image["height"]
@@ -115,12 +116,12 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
             mask = gt_path / label_path(Path("."), image["file_name"]).relative_to("labels")
             fields["ground_truth_segmentation"] = fo.Segmentation(mask_path=str(mask.resolve()))
         if filepath in existing:
-            sample = dataset[existing[filepath]]
             for key, value in fields.items():
-                sample[key] = value
-            sample.save()
+                updates.setdefault(key, {})[existing[filepath]] = value
         else:
             new_samples.append(fo.Sample(filepath=filepath, **fields))
+    for key, values in updates.items():
+        dataset.set_values(key, values, key_field="id")
     if new_samples:
         dataset.add_samples(new_samples)
 

@@ -65,10 +65,14 @@ def test_reloading_updates_instead_of_duplicating(run_dir, annotations):
     dataset = load_run(run_dir, name="review-reload")
     first = dataset.first()
     first.tags.append("checked")
+    expected = first["min_confidence"]
+    first["min_confidence"] = 2.0
+    first["pseudo_labels"] = None
     first.save()
     dataset = load_run(run_dir, name="review-reload")
     assert len(dataset) == len(annotations["images"])
-    assert dataset.count("pseudo_labels.detections") == len(annotations["annotations"])
+    assert dataset.count("pseudo_labels.detections") == len(annotations["annotations"])  # refreshed from the run
+    assert dataset[first.id]["min_confidence"] == expected
     assert dataset.count_sample_tags() == {"checked": 1}
 
 
