@@ -21,7 +21,6 @@ from .segmentation import (
     SegmentSettings,
     prepare_image,
     reduce_logits,
-    resize_channels_last,
 )
 from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, encode_names
 from .vocabulary import Vocabulary
@@ -169,9 +168,8 @@ class ClearCLIP:
                 chunk = items[start : start + self.window_batch_size]
                 crops = torch.stack([self._crop(pixels[i], window, pad) for i, window, pad in chunk])
                 features = self.encode_dense(crops)
-                logits = resize_channels_last(features @ text.T, crops.shape[-2:])  # (B, padded h, padded w, Q)
-                for (index, window, pad), window_logits in zip(chunk, logits):
-                    accumulators[index].add(self._unpad(window_logits, pad), *window)
+                for (index, window, pad), patch_logits in zip(chunk, features @ text.T):
+                    accumulators[index].add(patch_logits, window, pad)
 
         results = []
         for image, accumulator in zip(prepared, accumulators):
@@ -185,13 +183,6 @@ class ClearCLIP:
     def _crop(image: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
         crop = image[:, window.y1 : window.y2, window.x1 : window.x2]
         return F.pad(crop, tuple(pad)) if any(pad) else crop
-
-    @staticmethod
-    def _unpad(logits: torch.Tensor, pad: Padding) -> torch.Tensor:
-        """Window logits (h, w, Q) of the padded window without the padding."""
-        height, width = logits.shape[:2]
-        return logits[pad.top : height - pad.bottom, pad.left : width - pad.right]
-
 
 def class_pixel_shares(segmentation: Segmentation) -> list[tuple[str, float]]:
     """(class name, share of pixels) for each class present, largest first."""

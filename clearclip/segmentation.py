@@ -8,6 +8,7 @@ tiles of the original image.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .text import DEFAULT_TEMPLATES, Template
-from .windows import resized_size
+from .windows import Padding, Window, resized_size
 
 # floats per (rows x width x queries) tile of the final reduction: a few MB, so a tile stays in cache
 TILE_ELEMENTS = 1 << 21
@@ -118,10 +119,27 @@ def max_probability(tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.softmax(tile, dim=-1).max(dim=-1)
 
 
-def resize_channels_last(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (``align_corners=False``) of (B, h, w, Q) logits to (B, *size, Q), queries innermost."""
-    resized = F.interpolate(logits.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
-    return resized.permute(0, 2, 3, 1).contiguous()  # already channels-last: no copy
+def resized_bands(
+    logits: torch.Tensor, size: tuple[int, int], band_elements: int = TILE_ELEMENTS, scale: float = 1.0
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Rows ``start:stop`` of the bilinear resize (``align_corners=False``) of (h, w, Q) logits to
+    (*size, Q), times ``scale``, as ``(start, stop, band)`` with at most ``band_elements`` floats a band.
+
+    Rows are resampled by one small matmul (resampling and scaling are linear), columns by torch's
+    kernel on the channels-last view, so no band is copied to change its layout.
+    """
+    in_h, in_w, queries = logits.shape
+    out_h, out_w = size
+    source_rows = logits.reshape(in_h, in_w * queries)
+    r0, r1, rw = _source_positions(in_h, out_h, logits.device)
+    rows_per_band = max(1, band_elements // max(1, queries * out_w))
+    for start in range(0, out_h, rows_per_band):
+        stop = min(start + rows_per_band, out_h)
+        first, last = int(r0[start]), int(r1[stop - 1])
+        weights = _row_weights(r0[start:stop], r1[start:stop], rw[start:stop], first, last - first + 1, scale)
+        rows = (weights @ source_rows[first : last + 1]).view(1, stop - start, in_w, queries)
+        band = F.interpolate(rows.permute(0, 3, 1, 2), size=(stop - start, out_w), mode="bilinear", align_corners=False)
+        yield start, stop, band.permute(0, 2, 3, 1)[0].contiguous()  # already channels-last: no copy
 
 
 def reduce_logits(
@@ -139,22 +157,10 @@ def reduce_logits(
     ``background_threshold``. Computed in row tiles of at most ``tile_elements`` floats, queries
     innermost, so no (Q, H, W) tensor is ever held.
     """
-    in_h, in_w, queries = logits.shape
-    out_h, out_w = size
-    device = logits.device
-    source_rows = logits.reshape(in_h, in_w * queries)
-    r0, r1, rw = _source_positions(in_h, out_h, device)
-    labels = torch.empty((out_h, out_w), dtype=torch.int32)
-    scores = torch.empty((out_h, out_w), dtype=torch.float32)
-    query_to_class = query_to_class.to(device=device, dtype=torch.int32)
-    rows_per_tile = max(1, tile_elements // max(1, queries * out_w))
-    for start in range(0, out_h, rows_per_tile):
-        stop = min(start + rows_per_tile, out_h)
-        first, last = int(r0[start]), int(r1[stop - 1])
-        # rows: one small matmul (bilinear resampling and the logit scale are linear); columns: torch's kernel
-        weights = _row_weights(r0[start:stop], r1[start:stop], rw[start:stop], first, last - first + 1, logit_scale)
-        rows = (weights @ source_rows[first : last + 1]).view(1, stop - start, in_w, queries)
-        tile = resize_channels_last(rows, (stop - start, out_w))[0]
+    labels = torch.empty(size, dtype=torch.int32)
+    scores = torch.empty(size, dtype=torch.float32)
+    query_to_class = query_to_class.to(device=logits.device, dtype=torch.int32)
+    for start, stop, tile in resized_bands(logits, size, tile_elements, logit_scale):
         score, best = max_probability(tile)
         label = query_to_class[best]
         if background_threshold > 0:
@@ -171,10 +177,16 @@ class LogitAccumulator:
         self.sum = torch.zeros((height, width, queries), dtype=torch.float32, device=device)
         self.count = torch.zeros((height, width, 1), dtype=torch.float32, device=device)
 
-    def add(self, logits: torch.Tensor, y1: int, y2: int, x1: int, x2: int) -> None:
-        """Add window logits (y2 - y1, x2 - x1, Q) at their place."""
-        self.sum[y1:y2, x1:x2] += logits
-        self.count[y1:y2, x1:x2] += 1
+    def add(self, patch_logits: torch.Tensor, window: Window, pad: Padding) -> None:
+        """Add a window's patch logits (gh, gw, Q), resized to the padded window, without the padding."""
+        height = window.y2 - window.y1 + pad.top + pad.bottom
+        width = window.x2 - window.x1 + pad.left + pad.right
+        for start, stop, band in resized_bands(patch_logits, (height, width)):
+            top, bottom = max(start, pad.top), min(stop, height - pad.bottom)
+            if top < bottom:
+                rows = slice(window.y1 + top - pad.top, window.y1 + bottom - pad.top)
+                self.sum[rows, window.x1 : window.x2] += band[top - start : bottom - start, pad.left : width - pad.right]
+        self.count[window.y1 : window.y2, window.x1 : window.x2] += 1
 
     def mean(self) -> torch.Tensor:
         """The averaged logits (h, w, Q); frees the buffers."""
