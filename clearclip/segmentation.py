@@ -92,14 +92,13 @@ def prepare_image(image, settings: SegmentSettings, mean, std) -> PreparedImage:
     return PreparedImage(pixels[0].contiguous(), (height, width))
 
 
-def _source_positions(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _source_positions(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices and weights of bilinear resampling with ``align_corners=False``, as torch computes them."""
     scale = torch.tensor(in_size / out_size, dtype=torch.float32)
     src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
     i0 = src.floor().long().clamp_(max=in_size - 1)
     i1 = (i0 + 1).clamp_(max=in_size - 1)
-    w1 = src - i0.float()
-    return i0.to(device), i1.to(device), w1.to(device)
+    return i0, i1, src - i0.float()
 
 
 def _row_weights(r0: torch.Tensor, r1: torch.Tensor, w1: torch.Tensor, first: int, rows: int, scale: float) -> torch.Tensor:
@@ -131,13 +130,13 @@ def resized_bands(
     in_h, in_w, queries = logits.shape
     out_h, out_w = size
     source_rows = logits.reshape(in_h, in_w * queries)
-    r0, r1, rw = _source_positions(in_h, out_h, logits.device)
+    r0, r1, rw = _source_positions(in_h, out_h)  # on the host: reading them never waits for a GPU
     rows_per_band = max(1, band_elements // max(1, queries * out_w))
     for start in range(0, out_h, rows_per_band):
         stop = min(start + rows_per_band, out_h)
         first, last = int(r0[start]), int(r1[stop - 1])
         weights = _row_weights(r0[start:stop], r1[start:stop], rw[start:stop], first, last - first + 1, scale)
-        rows = (weights @ source_rows[first : last + 1]).view(1, stop - start, in_w, queries)
+        rows = (weights.to(logits.device) @ source_rows[first : last + 1]).view(1, stop - start, in_w, queries)
         band = F.interpolate(rows.permute(0, 3, 1, 2), size=(stop - start, out_w), mode="bilinear", align_corners=False)
         yield start, stop, band.permute(0, 2, 3, 1)[0].contiguous()  # already channels-last: no copy
 
@@ -157,17 +156,15 @@ def reduce_logits(
     ``background_threshold``. Computed in row tiles of at most ``tile_elements`` floats, queries
     innermost, so no (Q, H, W) tensor is ever held.
     """
-    labels = torch.empty(size, dtype=torch.int32)
-    scores = torch.empty(size, dtype=torch.float32)
+    labels = torch.empty(size, dtype=torch.int32, device=logits.device)
+    scores = torch.empty(size, dtype=torch.float32, device=logits.device)
     query_to_class = query_to_class.to(device=logits.device, dtype=torch.int32)
     for start, stop, tile in resized_bands(logits, size, tile_elements, logit_scale):
-        score, best = max_probability(tile)
-        label = query_to_class[best]
-        if background_threshold > 0:
-            label[score < background_threshold] = 0
-        labels[start:stop] = label.cpu()
-        scores[start:stop] = score.cpu()
-    return labels.numpy(), scores.numpy()
+        scores[start:stop], best = max_probability(tile)
+        labels[start:stop] = query_to_class[best]
+    if background_threshold > 0:
+        labels[scores < background_threshold] = 0
+    return labels.cpu().numpy(), scores.cpu().numpy()
 
 
 class LogitAccumulator:
