@@ -186,8 +186,8 @@ def timed(device, fn):
 
 
 def run_case(cc, compiled, name, images, vocabulary, device, baseline_autocast, report_flops, rounds):
-    """Baseline and ours, interleaved ``rounds`` times; each side keeps its fastest round (timeit's rule), and
-    the worst round's own ratio is reported too."""
+    """Baseline and ours, interleaved ``rounds`` times with the order swapped every round; each side keeps its
+    fastest round (timeit's rule), and the worst round's own ratio is reported too."""
     text = cc.encode_text(vocabulary.queries)
 
     def baseline():
@@ -198,13 +198,15 @@ def run_case(cc, compiled, name, images, vocabulary, device, baseline_autocast, 
         compiled.segment(images[0], vocabulary)  # compilation happens here, outside the timing
     times = {"base": [], "ours": [], "compiled": []}
     base_mem, our_mem = PeakMemory(device), PeakMemory(device)
-    for _ in range(rounds):
-        with base_mem:
-            seconds, base = timed(device, baseline)
-        times["base"].append(seconds)
-        with our_mem:
-            seconds, ours = timed(device, lambda: cc.segment_batch(images, vocabulary))
-        times["ours"].append(seconds)
+    for round_ in range(rounds):
+        for side in ("base", "ours") if round_ % 2 == 0 else ("ours", "base"):  # neither always runs first
+            if side == "base":
+                with base_mem:
+                    seconds, base = timed(device, baseline)
+            else:
+                with our_mem:
+                    seconds, ours = timed(device, lambda: cc.segment_batch(images, vocabulary))
+            times[side].append(seconds)
         if compiled is not None:
             times["compiled"].append(timed(device, lambda: compiled.segment_batch(images, vocabulary))[0])
     base_s, ours_s = min(times["base"]), min(times["ours"])
