@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from .text import DEFAULT_TEMPLATES, Template
 from .windows import Padding, Window, resized_size
 
-# floats per (rows x width x queries) tile of the final reduction: a few MB, so a tile stays in cache
-TILE_ELEMENTS = 1 << 21
+# floats per band of rows (rows x width x queries) when logits are resized: on the CPU a few MB, so a
+# band stays in cache; on a GPU 128 MB, so a window or a large image takes a handful of kernel launches
+TILE_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,11 @@ def max_probability(tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def resized_bands(
-    logits: torch.Tensor, size: tuple[int, int], band_elements: int = TILE_ELEMENTS, scale: float = 1.0
+    logits: torch.Tensor, size: tuple[int, int], band_elements: int | None = None, scale: float = 1.0
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Rows ``start:stop`` of the bilinear resize (``align_corners=False``) of (h, w, Q) logits to
-    (*size, Q), times ``scale``, as ``(start, stop, band)`` with at most ``band_elements`` floats a band.
+    (*size, Q), times ``scale``, as ``(start, stop, band)`` with at most ``band_elements`` floats a band
+    (default: ``TILE_ELEMENTS`` of the logits' device type).
 
     Rows are resampled by one small matmul (resampling and scaling are linear), columns by torch's
     kernel on the channels-last view, so no band is copied to change its layout.
@@ -131,6 +133,7 @@ def resized_bands(
     out_h, out_w = size
     source_rows = logits.reshape(in_h, in_w * queries)
     r0, r1, rw = _source_positions(in_h, out_h)  # on the host: reading them never waits for a GPU
+    band_elements = band_elements or TILE_ELEMENTS.get(logits.device.type, TILE_ELEMENTS["cpu"])
     rows_per_band = max(1, band_elements // max(1, queries * out_w))
     for start in range(0, out_h, rows_per_band):
         stop = min(start + rows_per_band, out_h)
@@ -147,14 +150,14 @@ def reduce_logits(
     logit_scale: float,
     query_to_class: torch.Tensor,
     background_threshold: float = 0.0,
-    tile_elements: int = TILE_ELEMENTS,
+    tile_elements: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and scores at ``size`` from averaged logits (h, w, Q) at the working resolution.
 
     Equal to: bilinear resize to ``size``, ``softmax(logit_scale * logits)`` over queries,
     max over each class's queries, argmax, and class 0 where the score is below
-    ``background_threshold``. Computed in row tiles of at most ``tile_elements`` floats, queries
-    innermost, so no (Q, H, W) tensor is ever held.
+    ``background_threshold``. Computed in row tiles of at most ``tile_elements`` floats (default:
+    ``TILE_ELEMENTS`` of the device type), queries innermost, so no (Q, H, W) tensor is ever held.
     """
     labels = torch.empty(size, dtype=torch.int32, device=logits.device)
     scores = torch.empty(size, dtype=torch.float32, device=logits.device)
