@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clearclip import ClearCLIP, Vocabulary
-from clearclip.segmentation import reduce_logits
-from clearclip.windows import center_padding, resized_size, sliding_windows
+from clearclip.segmentation import TILE_ELEMENTS, LogitAccumulator, reduce_logits
+from clearclip.windows import Padding, Window, center_padding, resized_size, sliding_windows
 from reference import reference_segment, reference_text
 
 TEMPLATES = ("a photo of a {}.", "a {} in a scene.")
@@ -160,3 +160,33 @@ def test_large_image_tiled_equals_untiled_reference(cc):
     assert differ.mean() < 1e-3  # only exact ties can differ: the chosen class is as probable as the best
     chosen = np.take_along_axis(probs, seg.labels[None].astype(np.int64), axis=0)[0]
     assert np.abs(chosen[differ] - scores[differ]).max(initial=0) < 1e-5
+
+
+def test_window_logits_in_many_bands_equal_one_resize(monkeypatch):
+    torch.manual_seed(2)
+    patch_logits = torch.randn(3, 4, 5)  # (gh, gw, Q)
+    window, pad = Window(y1=7, y2=27, x1=2, x2=31), Padding(left=1, right=2, top=1, bottom=3)  # padded 24 x 32
+    monkeypatch.setitem(TILE_ELEMENTS, "cpu", 2 * 32 * 5)  # two rows a band: bands start and end inside the padding
+    banded = LogitAccumulator(5, 30, 40, "cpu")
+    banded.add(patch_logits, window, pad)
+    banded.add(patch_logits * 2, Window(0, 20, 0, 29), pad)
+    up = F.interpolate(patch_logits.permute(2, 0, 1)[None], size=(24, 32), mode="bilinear", align_corners=False)[0]
+    crop = up[:, pad.top : 24 - pad.bottom, pad.left : 32 - pad.right].permute(1, 2, 0)
+    expected = torch.zeros(30, 40, 5)
+    count = torch.zeros(30, 40, 1)
+    expected[7:27, 2:31] += crop
+    expected[0:20, 0:29] += crop * 2
+    count[7:27, 2:31] += 1
+    count[0:20, 0:29] += 1
+    assert torch.equal(banded.count, count)
+    assert (banded.sum - expected).abs().max() < 1e-5
+
+
+def test_segment_in_small_bands_equals_default_bands(cc, monkeypatch):
+    image = random_image(45, 71, seed=12)
+    classes = ["sky", "grass, lawn", "road"]
+    default = cc.segment(image, classes, **SMALL)
+    monkeypatch.setitem(TILE_ELEMENTS, "cpu", 3 * 71 * 4 + 5)  # a few rows per band, and not a whole number of rows
+    banded = cc.segment(image, classes, **SMALL)
+    assert np.array_equal(banded.labels, default.labels)
+    assert np.abs(banded.scores - default.scores).max() < 1e-6
