@@ -24,7 +24,7 @@ from .segmentation import (
 )
 from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, encode_names
 from .vocabulary import Vocabulary
-from .windows import Padding, Window, center_padding, sliding_windows
+from .windows import Padding, Window, center_padding, padded_size, sliding_windows
 
 
 class ClearCLIP:
@@ -159,9 +159,8 @@ class ClearCLIP:
         groups: dict[tuple[int, int], list[tuple[int, Window, Padding]]] = defaultdict(list)
         for index, image in enumerate(pixels):
             for window in sliding_windows(*image.shape[-2:], settings.crop, settings.stride):
-                height, width = window.y2 - window.y1, window.x2 - window.x1
-                pad = center_padding(height, width, self.patch)
-                groups[(height + pad.top + pad.bottom, width + pad.left + pad.right)].append((index, window, pad))
+                pad = center_padding(window.y2 - window.y1, window.x2 - window.x1, self.patch)
+                groups[padded_size(window, pad)].append((index, window, pad))
 
         for items in groups.values():
             for start in range(0, len(items), self.window_batch_size):
@@ -183,6 +182,7 @@ class ClearCLIP:
     def _crop(image: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
         crop = image[:, window.y1 : window.y2, window.x1 : window.x2]
         return F.pad(crop, tuple(pad)) if any(pad) else crop
+
 
 def class_pixel_shares(segmentation: Segmentation) -> list[tuple[str, float]]:
     """(class name, share of pixels) for each class present, largest first."""

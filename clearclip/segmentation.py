@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .text import DEFAULT_TEMPLATES, Template
-from .windows import Padding, Window, resized_size
+from .windows import Padding, Window, padded_size, resized_size
 
 # floats per band of rows (rows x width x queries) when logits are resized: on the CPU a few MB, so a
 # band stays in cache; on a GPU 128 MB, so a window or a large image takes a handful of kernel launches
@@ -179,8 +179,7 @@ class LogitAccumulator:
 
     def add(self, patch_logits: torch.Tensor, window: Window, pad: Padding) -> None:
         """Add a window's patch logits (gh, gw, Q), resized to the padded window, without the padding."""
-        height = window.y2 - window.y1 + pad.top + pad.bottom
-        width = window.x2 - window.x1 + pad.left + pad.right
+        height, width = padded_size(window, pad)
         for start, stop, band in resized_bands(patch_logits, (height, width)):
             top, bottom = max(start, pad.top), min(stop, height - pad.bottom)
             if top < bottom:

@@ -57,3 +57,8 @@ def center_padding(height: int, width: int, patch: int) -> Padding:
     pad_h = -height % patch
     pad_w = -width % patch
     return Padding(pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+
+def padded_size(window: Window, pad: Padding) -> tuple[int, int]:
+    """(height, width) of a window with its padding."""
+    return window.y2 - window.y1 + pad.top + pad.bottom, window.x2 - window.x1 + pad.left + pad.right
