@@ -111,8 +111,8 @@ def run_segment(args: argparse.Namespace) -> int:
         save_overlay(image, seg.labels, seg.classes, args.out / f"{name}_overlay.png")
         print(f"\n{path} ({image.shape[1]}x{image.shape[0]}) -> {args.out / (name + '_overlay.png')}")
         print(f"  {'class':<30} {'pixels':>8}")
-        for name, share in class_pixel_shares(seg):
-            print(f"  {name:<30} {100 * share:>7.1f}%")
+        for class_name, share in class_pixel_shares(seg):
+            print(f"  {class_name:<30} {100 * share:>7.1f}%")
     return 1 if failures else 0
 
 
