@@ -232,21 +232,18 @@ def run_case(cc, compiled, name, images, vocabulary, device, baseline_autocast, 
 
 def text_case(model, tokenizer, names, device):
     templates = DEFAULT_TEMPLATES
-    with torch.inference_mode():
-        sync(device)
-        start = time.perf_counter()
+
+    def full_context():
         full = []
         for name in names:
             feats = model.encode_text(tokenizer([t.format(name) for t in templates]).to(device)).float()
             feats = F.normalize(feats, dim=-1).mean(0)
             full.append(F.normalize(feats, dim=-1))
-        full = torch.stack(full)
-        sync(device)
-        full_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        short = encode_names(model, tokenizer, names, templates, device)
-        sync(device)
-        short_seconds = time.perf_counter() - start
+        return torch.stack(full)
+
+    with torch.inference_mode():
+        full_seconds, full = timed(device, full_context)
+        short_seconds, short = timed(device, lambda: encode_names(model, tokenizer, names, templates, device))
     return full_seconds, short_seconds, float((full - short).abs().max())
 
 
