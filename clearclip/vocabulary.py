@@ -28,6 +28,17 @@ class Vocabulary:
         if not parsed:
             raise ClearCLIPError("the class list is empty; give at least one class")
         has_background = parsed[0][0].lower() == "background"
+        if has_background and len(parsed) == 1:
+            raise ClearCLIPError("the class list has only 'background'; add the classes to label")
+        first_seen: dict[str, int] = {}
+        for i, names in enumerate(parsed):
+            for name in names:
+                key = name.casefold()
+                if key in first_seen:
+                    where = "twice in one class" if first_seen[key] == i else f"in classes {first_seen[key]} and {i}"
+                    raise ClearCLIPError(f"class name '{name}' appears {where}; every name (synonyms included) "
+                                         "must be unique, or one class can never win")
+                first_seen[key] = i
         return cls(tuple(parsed), has_background)
 
     @classmethod
@@ -38,6 +49,8 @@ class Vocabulary:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ClearCLIPError(f"cannot read class file {path}: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:
+            raise ClearCLIPError(f"class file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from error
         lines = [line.strip() for line in text.splitlines()]
         lines = [line for line in lines if line and not line.startswith("#")]
         if not lines:
