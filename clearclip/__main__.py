@@ -1,5 +1,16 @@
+"""``python -m clearclip`` and the ``clearclip`` command: a start-up that Ctrl-C interrupts in one line."""
+
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def run() -> None:
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print("clearclip: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,45 +1,36 @@
-"""The ``clearclip`` command line: segment, label, evaluate, review and export."""
+"""The ``clearclip`` command line: segment, label, evaluate, review and export.
+
+Every failure the user can act on is one ``clearclip: error: ...`` line: exit status 2 for bad input,
+1 for the environment (full disk, a busy run folder), 130 for Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .decomposition import VARIANTS
 from .errors import ClearCLIPError
-
-DEFAULT_MODEL = "ViT-B-16"
-DEFAULT_PRETRAINED = "openai"
+from .job import FILTERING, MODEL, SEGMENTATION, THROUGHPUT, add_job_options
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --pretrained, --variant, --device, --precision."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="open_clip model name (ViT-B-16, ViT-L-14, ...), or local-dir:/folder, or hf-hub:org/repo "
-                            f"(default: {DEFAULT_MODEL})")
-    group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                       help="pretrained tag (openai, laion2b_s34b_b88k, metaclip_fullcc, ...) or a weight file; "
-                            "'none' for random weights (tests and benchmarks only); ignored for local-dir:/hf-hub: "
-                            f"(default: {DEFAULT_PRETRAINED})")
-    group.add_argument("--variant", default="clearclip", metavar="{" + ",".join(VARIANTS) + "}",
-                       help="last-block decomposition: clearclip (q-q attention, no residual, no FFN; default), "
-                            "vanilla (unmodified CLIP), maskclip, sclip")
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ... (default: auto)")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                       help="auto is fp16 autocast on CUDA and fp32 on the CPU (default: auto)")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the vision forward (faster on GPUs after a warm-up per window size)")
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``clearclip: error:`` line (exit 2) that points at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"clearclip: error: {message} (see {self.prog} --help)\n")
 
 
 def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
     """--classes-file or repeated --class."""
     group = parser.add_argument_group("classes")
     group.add_argument("--classes-file", type=Path,
-                       help="one class a line, synonyms comma-separated; a first line 'background' makes class 0 background")
+                       help="one class a line (UTF-8), synonyms comma-separated; a first line 'background' makes "
+                            "class 0 background; every name must be unique")
     group.add_argument("--class", dest="classes", action="append", metavar="NAME",
                        help="a class (repeatable; 'person, man' gives synonyms); used when no --classes-file is given")
 
@@ -53,19 +44,14 @@ def classes_from_args(args: argparse.Namespace) -> str | list[str]:
     return list(args.classes)
 
 
-def pretrained_from_args(args: argparse.Namespace) -> str | None:
-    """--pretrained, with 'none' meaning random weights."""
-    return None if str(args.pretrained).lower() == "none" else args.pretrained
+def job_from_args(args: argparse.Namespace):
+    """The LabelJob the options describe; raises ClearCLIPError for bad classes or thresholds."""
+    from .job import LabelJob
+
+    return LabelJob.from_args(args, classes_from_args(args))
 
 
-def model_from_args(args: argparse.Namespace):
-    """A ClearCLIP built from the model options."""
-    from .predictor import ClearCLIP
-
-    return ClearCLIP.from_pretrained(args.model, pretrained_from_args(args), device=args.device,
-                                     precision=args.precision, variant=args.variant, compile=args.compile)
-
-
+# ------------------------------------------------------------------------------------------------ segment
 def add_segment_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "segment",
@@ -76,8 +62,7 @@ def add_segment_parser(subparsers) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     add_vocabulary_options(parser)
-    add_model_options(parser)
-    add_segment_settings(parser)
+    add_job_options(parser, (MODEL, SEGMENTATION))
     parser.add_argument("--out", type=Path, default=Path("workspace/runs/segment"),
                         help="output folder (default: workspace/runs/segment)")
     parser.set_defaults(run=run_segment)
@@ -88,14 +73,12 @@ def run_segment(args: argparse.Namespace) -> int:
     from .predictor import class_pixel_shares
     from .visualize import save_label_png, save_overlay
 
-    from .vocabulary import Vocabulary
-
-    vocabulary = Vocabulary.load(classes_from_args(args))
+    job = job_from_args(args)
+    config = job.label_config()
     missing = [str(p) for p in args.images if not p.is_file()]
     if len(missing) == len(args.images):
         raise ClearCLIPError(f"no such image file: {', '.join(missing)}")
-    settings = settings_from_args(args)
-    cc = model_from_args(args)
+    cc = job.load_model()
     names = output_names(args.images)
     failures = 0
     for path in args.images:
@@ -105,7 +88,7 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"clearclip: skipped {error}", file=sys.stderr)
             failures += 1
             continue
-        seg = cc.segment_prepared([cc.prepare(image, settings)], vocabulary, settings)[0]
+        seg = cc.segment_prepared([cc.prepare(image, config.settings)], config.vocabulary, config.settings)[0]
         name = names[path]
         save_label_png(seg.labels, args.out / f"{name}_labels.png")
         save_overlay(image, seg.labels, seg.classes, args.out / f"{name}_overlay.png")
@@ -132,81 +115,34 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-def add_segment_settings(parser: argparse.ArgumentParser) -> None:
-    """The paper's segmentation settings, each overridable."""
-    group = parser.add_argument_group("segmentation (defaults are the paper's settings)")
-    group.add_argument("--background-threshold", type=float, default=0.0,
-                       help="pixels whose score is below this get class 0 (needs 'background' as class 0 "
-                            "for label; paper: VOC 0.5, Context60 0.15, COCO-Object 0.4; default: 0 = off)")
-    group.add_argument("--short-side", type=int, default=448, help="resize the short side to this (default: 448)")
-    group.add_argument("--max-long-side", type=int, default=2048, help="but keep the long side at most this (default: 2048)")
-    group.add_argument("--crop", type=int, default=448, help="sliding-window size (default: 448)")
-    group.add_argument("--stride", type=int, default=224, help="sliding-window stride (default: 224)")
-    group.add_argument("--logit-scale", type=float, default=50.0, help="softmax temperature factor (default: 50)")
-
-
-SEGMENT_OPTIONS = ("short_side", "max_long_side", "crop", "stride", "logit_scale")
-
-
-def settings_from_args(args: argparse.Namespace):
-    """SegmentSettings from the segmentation options."""
-    from .segmentation import SegmentSettings
-
-    return SegmentSettings(background_threshold=args.background_threshold,
-                           **{name: getattr(args, name) for name in SEGMENT_OPTIONS})
-
-
+# ------------------------------------------------------------------------------------------------ label
 def add_label_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "label",
         help="label a folder of images into COCO pseudo-annotations",
-        description="Label every image under DATASET_DIR (recursively; jpg, jpeg, png, bmp, webp, tif in any case) "
-                    "into RUN_DIR: annotations.json (COCO, compressed RLE masks with scores), labels/<file>.png "
-                    "(pixel value = category id, 0 = background/unlabeled) and run.json. Rerunning into the same "
-                    "RUN_DIR resumes: finished images are skipped. Unreadable files are reported and skipped.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Label every image under DATASET_DIR into RUN_DIR: annotations.json (COCO, compressed RLE "
+                    "masks with scores),\nlabels/<file>.png (pixel value = category id, 0 = background/unlabeled) "
+                    "and run.json.\n\n"
+                    "Finding images: recursively, jpg/jpeg/png/bmp/webp/tif in any case; hidden files and folders "
+                    "and clearclip\nrun folders are skipped; symlinked folders are followed when they resolve inside "
+                    "DATASET_DIR (each real\nfolder once); unreadable folders and files are reported in run.json.\n\n"
+                    "Rerunning into the same RUN_DIR resumes: images already labeled are skipped; new, changed "
+                    "(size or\nmodification time), failed and unfinished images are labeled; images no longer in "
+                    "DATASET_DIR are\ndropped from the results. A RUN_DIR takes one set of settings.",
     )
     parser.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="folder of images")
     parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
                         help="run folder (default: workspace/runs/<dataset folder name>)")
     add_vocabulary_options(parser)
-    add_model_options(parser)
-    add_segment_settings(parser)
-    group = parser.add_argument_group("confidence filtering")
-    group.add_argument("--pixel-threshold", type=float, default=0.0,
-                       help="pixels whose score is below this are unlabeled (default: 0)")
-    group.add_argument("--min-score", type=float, default=0.0,
-                       help="drop regions whose mean pixel score is below this (default: 0)")
-    group.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this many pixels (default: 0)")
-    group.add_argument("--class-thresholds", type=Path, metavar="FILE",
-                       help='per-class overrides, JSON or YAML: {"person": {"min_score": 0.5, "min_area": 100}}')
-    group.add_argument("--instances", default="components", choices=["components", "semantic"],
-                       help="components: one annotation per connected region of a class (default); "
-                            "semantic: one annotation per class per image")
-    group = parser.add_argument_group("throughput")
-    group.add_argument("--batch-size", type=int, default=4, help="images whose windows share forward passes (default: 4)")
-    group.add_argument("--workers", type=int, default=-1,
-                       help="image decoding processes (default: -1 = one per spare core, up to 4; 0 = in-process)")
+    add_job_options(parser, (MODEL, SEGMENTATION, FILTERING, THROUGHPUT))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_label)
 
 
-def job_from_args(args: argparse.Namespace):
-    """The LabelJob the label options describe."""
-    from .jobs import LabelJob
-
-    segment = {name: getattr(args, name) for name in SEGMENT_OPTIONS}
-    return LabelJob(
-        classes_from_args(args), model=args.model, pretrained=pretrained_from_args(args),
-        variant=args.variant, device=args.device, precision=args.precision,
-        background_threshold=args.background_threshold, pixel_threshold=args.pixel_threshold,
-        min_score=args.min_score, min_area=args.min_area,
-        class_thresholds=str(args.class_thresholds) if args.class_thresholds else None, instances=args.instances,
-        batch_size=args.batch_size, num_workers=args.workers, segment=segment,
-    )
-
-
 def run_label(args: argparse.Namespace) -> int:
-    from .labeling import label_folder, summary_table
+    from .labeling import label_folder
+    from .merge import summary_table
 
     if not args.dataset_dir.is_dir():
         raise ClearCLIPError(f"dataset folder {args.dataset_dir} does not exist or is not a folder")
@@ -214,13 +150,13 @@ def run_label(args: argparse.Namespace) -> int:
     config = job.label_config()
     info = job.info(config)
     run_dir = args.out or Path("workspace/runs") / args.dataset_dir.resolve().name
-    cc = model_from_args(args)
-    summary = label_folder(cc, args.dataset_dir, run_dir, config, info, progress=not args.quiet)
+    summary = label_folder(job.load_model, args.dataset_dir, run_dir, config, info, progress=not args.quiet)
     print(summary_table(summary))
     print(f"\nwrote {run_dir / 'annotations.json'}")
     return 0 if not summary["missing"] else 1
 
 
+# ------------------------------------------------------------------------------------------------ evaluation
 def add_eval_miou_parser(subparsers) -> None:
     from .evaluation import BENCHMARKS
 
@@ -228,9 +164,9 @@ def add_eval_miou_parser(subparsers) -> None:
         "eval-miou",
         help="mIoU of label maps against ground truth, or of the model on a paper benchmark",
         description="Two modes. (1) --pred DIR --gt DIR: compare label-map PNGs matched by relative path "
-                    "(gt files may carry --gt-suffix); classes from --benchmark or --num-classes. "
-                    "(2) --benchmark NAME --data-root DIR: segment the benchmark's validation split "
-                    "(mmsegmentation's prepared layout) with the paper's settings for it and evaluate, "
+                    "(gt files may carry --gt-suffix); classes from --benchmark, --num-classes, or the run folder "
+                    "that holds --pred. (2) --benchmark NAME --data-root DIR: segment the benchmark's validation "
+                    "split (mmsegmentation's prepared layout) with the paper's settings for it and evaluate, "
                     "which reproduces the paper's table given the same weights.",
     )
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS),
@@ -238,41 +174,65 @@ def add_eval_miou_parser(subparsers) -> None:
     parser.add_argument("--data-root", type=Path, help="mode 2: the dataset root as prepared for mmsegmentation")
     parser.add_argument("--limit", type=int, default=0, help="mode 2: evaluate the first N images only (0 = all)")
     parser.add_argument("--pred", type=Path, help="mode 1: folder of predicted label maps (*.png)")
+    parser.add_argument("--pred-ids", choices=["auto", "class", "category"], default="auto",
+                        help="mode 1: what predicted pixel values are: class (class index 0..K-1, as clearclip segment "
+                             "writes), category (a run's labels/: 0 = background class or unlabeled, 1..K the classes "
+                             "after background); auto: category when --pred is a run's labels/ folder, else class")
     parser.add_argument("--gt", type=Path, help="mode 1: folder of ground-truth label maps")
     parser.add_argument("--gt-suffix", default=".png", help="mode 1: ground-truth file suffix (default: .png)")
-    parser.add_argument("--num-classes", type=int, help="mode 1: number of classes when no --benchmark is given")
+    parser.add_argument("--num-classes", type=int, help="mode 1: number of classes when no --benchmark or run gives them")
     parser.add_argument("--reduce-zero-label", action="store_true",
                         help="mode 1: ground truth 0 is ignored and labels shift down by one (ADE20K, VOC20, Context59)")
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default: 255)")
-    add_model_options(parser)
+    add_job_options(parser, (MODEL,))
     parser.set_defaults(run=run_eval_miou)
+
+
+def _pred_vocabulary(args, benchmark):
+    """(class names, whether class 0 is background, id kind) for mode 1."""
+    from .run_folder import RunFolder
+    from .vocabulary import Vocabulary
+
+    run = RunFolder(args.pred.parent) if args.pred.name == "labels" else None
+    config = run.read_config() if run is not None else None
+    ids = args.pred_ids if args.pred_ids != "auto" else ("category" if config else "class")
+    if benchmark is not None:
+        vocabulary = benchmark.vocabulary()
+    elif config is not None:
+        vocabulary = Vocabulary.from_strings(config["vocabulary"])
+    elif args.num_classes:
+        return [str(i) for i in range(args.num_classes)], False, ids
+    else:
+        raise ClearCLIPError("give --benchmark or --num-classes (or --pred RUN_DIR/labels of a clearclip run)")
+    return vocabulary.names, vocabulary.has_background, ids
 
 
 def run_eval_miou(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluation import BENCHMARKS, confusion_matrix, iou_metrics, miou_table, read_label_map
+    from .evaluation import BENCHMARKS, class_indices, confusion_matrix, iou_metrics, miou_table, read_label_map
 
     benchmark = BENCHMARKS[args.benchmark] if args.benchmark else None
     if args.pred is not None or args.gt is not None:
         if args.pred is None or args.gt is None:
             raise ClearCLIPError("mode 1 needs both --pred and --gt")
-        if benchmark is None and not args.num_classes:
-            raise ClearCLIPError("give --benchmark or --num-classes")
-        names = benchmark.vocabulary().names if benchmark else [str(i) for i in range(args.num_classes)]
+        names, has_background, ids = _pred_vocabulary(args, benchmark)
         reduce_zero = benchmark.reduce_zero_label if benchmark else args.reduce_zero_label
         gt_suffix = benchmark.gt_suffix if benchmark and args.gt_suffix == ".png" else args.gt_suffix
         preds = sorted(args.pred.rglob("*.png"))
         if not preds:
             raise ClearCLIPError(f"no .png label maps under {args.pred}")
-        confusion = np.zeros((len(names), len(names)), np.int64)
+        confusion = np.zeros((len(names), len(names) + 1), np.int64)
         for pred_path in preds:
             stem = pred_path.relative_to(args.pred).with_suffix("").as_posix()
             gt_path = args.gt / f"{stem}{gt_suffix}"
             if not gt_path.is_file():
                 raise ClearCLIPError(f"no ground truth {gt_path} for {pred_path}")
-            confusion += confusion_matrix(read_label_map(pred_path), read_label_map(gt_path), len(names), reduce_zero,
-                                          args.ignore_index)
+            try:
+                pred = class_indices(read_label_map(pred_path), len(names), ids, has_background)
+                confusion += confusion_matrix(pred, read_label_map(gt_path), len(names), reduce_zero, args.ignore_index)
+            except ValueError as error:
+                raise ClearCLIPError(f"{pred_path} against {gt_path}: {error}") from error
         print(miou_table(iou_metrics(confusion), names))
         return 0
     if benchmark is None or args.data_root is None:
@@ -281,19 +241,23 @@ def run_eval_miou(args: argparse.Namespace) -> int:
 
     from .evaluation import benchmark_pairs
     from .images import load_image
-    from .segmentation import SegmentSettings
+    from .job import LabelJob
 
-    vocabulary = benchmark.vocabulary()
-    settings = SegmentSettings(crop=benchmark.crop, stride=benchmark.stride, background_threshold=benchmark.background_threshold)
+    job = LabelJob.from_args(args, benchmark.vocabulary().to_strings())
+    job = LabelJob(**{**job.to_dict(), "crop": benchmark.crop, "stride": benchmark.stride,
+                      "background_threshold": benchmark.background_threshold})
+    config = job.label_config()
     pairs = benchmark_pairs(benchmark, args.data_root)
     pairs = pairs[: args.limit] if args.limit else pairs
-    cc = model_from_args(args)
-    confusion = np.zeros((len(vocabulary), len(vocabulary)), np.int64)
+    cc = job.load_model()
+    classes = len(config.vocabulary)
+    confusion = np.zeros((classes, classes + 1), np.int64)
     for image_path, gt_path in tqdm(pairs, unit="img", desc=args.benchmark):
-        seg = cc.segment_prepared([cc.prepare(load_image(image_path), settings)], vocabulary, settings)[0]
-        confusion += confusion_matrix(seg.labels, read_label_map(gt_path), len(vocabulary), benchmark.reduce_zero_label,
+        seg = cc.segment_prepared([cc.prepare(load_image(image_path), config.settings)], config.vocabulary,
+                                  config.settings)[0]
+        confusion += confusion_matrix(seg.labels, read_label_map(gt_path), classes, benchmark.reduce_zero_label,
                                       args.ignore_index)
-    print(miou_table(iou_metrics(confusion), vocabulary.names))
+    print(miou_table(iou_metrics(confusion), config.vocabulary.names))
     return 0
 
 
@@ -315,24 +279,30 @@ def run_eval_coco(args: argparse.Namespace) -> int:
     for path in (args.predictions, args.gt):
         if not path.is_file():
             raise ClearCLIPError(f"no such file: {path}")
-    _, table = coco_segm_eval(args.predictions, args.gt)
-    print(table)
+    evaluation = coco_segm_eval(args.predictions, args.gt)
+    print(evaluation.table)
+    counts = evaluation.counts()
+    print(f"At IoU 0.5: TP {counts['TP']}, FP {counts['FP']}, FN {counts['FN']}, matched a crowd region (ignored) "
+          f"{counts['crowd']}")
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ review, export
 def add_review_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "review",
         help="load a run into FiftyOne and open the App",
-        description="Create or update a persistent FiftyOne dataset with the run's images, instance pseudo-labels "
-                    "(pseudo_labels), label maps (pseudo_segmentation) and per-sample confidences, with a saved "
-                    "view 'least-confident-first'; then serve the FiftyOne App until interrupted.",
+        description="Create or update a persistent FiftyOne dataset with the run's images and pseudo-labels, then "
+                    "serve the FiftyOne App until interrupted. Reviewers edit 'pseudo_labels' (delete, relabel, "
+                    "tag samples 'rejected'); 'pseudo_labels_run' keeps the run's originals. Running review again "
+                    "adds images new to the run and never overwrites a reviewer's edits.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished clearclip label run")
-    parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>)")
+    parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>-<hash of its path>)")
     parser.add_argument("--gt", type=Path,
-                        help="ground truth: a COCO JSON (matched by file_name; adds ground_truth and evaluate_detections "
-                             "as eval) or a folder of label maps named like labels/ (adds evaluate_segmentations as eval_seg)")
+                        help="ground truth: a COCO JSON (polygons or RLE, iscrowd honoured; matched by file_name; adds "
+                             "ground_truth and evaluate_detections as eval) or a folder of label maps named like "
+                             "labels/ (adds evaluate_segmentations as eval_seg)")
     parser.add_argument("--port", type=int, default=5151, help="App port (default: 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default: 127.0.0.1, this machine only)")
     parser.add_argument("--no-launch", action="store_true", help="load the dataset only, do not start the App")
@@ -344,9 +314,8 @@ def run_review(args: argparse.Namespace) -> int:
 
     if args.gt is not None and not args.gt.exists():
         raise ClearCLIPError(f"no such ground truth: {args.gt}")
-    dataset = load_run(args.run_dir, args.name, args.gt)
-    print(f"FiftyOne dataset '{dataset.name}': {len(dataset)} samples, "
-          f"{dataset.count('pseudo_labels.detections')} pseudo-labels")
+    dataset, report = load_run(args.run_dir, args.name, args.gt)
+    print(report)
     if not args.no_launch:
         launch(dataset, port=args.port, address=args.address)
     return 0
@@ -372,13 +341,14 @@ def add_export_parser(subparsers) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_coco
 
-    document = export_coco(args.dataset, args.out, args.field, args.tags, args.exclude_tags)
-    print(f"wrote {args.out}: {len(document['images'])} images, {len(document['annotations'])} annotations")
+    images, annotations = export_coco(args.dataset, args.out, args.field, args.tags, args.exclude_tags)
+    print(f"wrote {args.out}: {images} images, {annotations} annotations")
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="clearclip",
         description="Open-vocabulary segmentation labels for image folders with ClearCLIP (ECCV'24), training-free.",
     )
@@ -393,15 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(error: OSError) -> tuple[str, int]:
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}; free space and rerun the same command to resume", 1
+    return f"{error.strerror or error}{where}", 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"clearclip: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one line on stderr and exit with status 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the CLI; errors print one line on stderr (exit 2 bad input, 1 environment, 130 interrupted)."""
+    warnings.showwarning = _show_warning
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except ClearCLIPError as error:
-        print(f"clearclip: error: {error}", file=sys.stderr)
-        return 2
+        print(f"clearclip: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:
+        message, code = _os_error_line(error)
+        print(f"clearclip: error: {message}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("clearclip: interrupted", file=sys.stderr)
         return 130

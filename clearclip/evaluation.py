@@ -55,11 +55,33 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+def class_indices(pred: np.ndarray, num_classes: int, ids: str = "class", has_background: bool = False) -> np.ndarray:
+    """Predicted class indices from a label map; ``num_classes`` marks pixels predicted as no class.
+
+    ``ids="class"``: pixel values are class indices 0..K-1 (``clearclip segment``, the benchmarks).
+    ``ids="category"``: pixel values are a run's COCO category ids (``labels/`` of ``clearclip label``):
+    0 is the background class when the vocabulary has one (class 0), else unlabeled; 1..K are the classes
+    after it. Raises ValueError naming values out of range.
+    """
+    pred = pred.astype(np.int64)
+    if ids == "category":
+        pred = pred if has_background else np.where(pred == 0, num_classes, pred - 1)
+    elif ids != "class":
+        raise ValueError(f"unknown id kind {ids!r}; use class or category")
+    bad = (pred < 0) | (pred > num_classes) | ((pred == num_classes) & (ids == "class"))
+    if bad.any():
+        values = np.unique(pred[bad] + (1 if ids == "category" and not has_background else 0))
+        raise ValueError(f"predicted values {values[:5].tolist()} are not {ids} ids of a {num_classes}-class vocabulary")
+    return pred
+
+
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, reduce_zero_label: bool = False,
                      ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """(K, K) counts, rows = ground truth, columns = prediction; ignored and out-of-range gt pixels skipped.
+    """(K, K + 1) counts, rows = ground truth, columns = predicted class (from ``class_indices``), the last
+    column pixels predicted as no class; ignored ground-truth pixels are skipped.
 
     ``reduce_zero_label`` maps gt 0 to ignore and shifts the rest down by one, like mmsegmentation.
+    Raises ValueError for sizes that differ and ground-truth values outside the classes.
     """
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
@@ -67,16 +89,24 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, reduce_
     if reduce_zero_label:
         gt = np.where(gt == 0, ignore_index, gt - 1)
         gt[gt == ignore_index - 1] = ignore_index
-    valid = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
-    index = gt[valid] * num_classes + pred.astype(np.int64)[valid]
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    valid = gt != ignore_index
+    bad = valid & ((gt < 0) | (gt >= num_classes))
+    if bad.any():
+        raise ValueError(f"ground-truth values {np.unique(gt[bad])[:5].tolist()} are outside the {num_classes} classes "
+                         f"(ignore index {ignore_index}{', zero label reduced' if reduce_zero_label else ''})")
+    index = gt[valid] * (num_classes + 1) + pred.astype(np.int64)[valid]
+    return np.bincount(index, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
 
 
 def iou_metrics(confusion: np.ndarray) -> dict:
-    """Per-class IoU (NaN for classes absent from both), mIoU (NaN-mean), pixel accuracy and mean accuracy."""
-    intersect = np.diag(confusion).astype(np.float64)
+    """Per-class IoU (NaN for classes absent from both), mIoU (NaN-mean), pixel accuracy and mean accuracy.
+
+    ``confusion`` is (K, K) or (K, K + 1) with predicted-as-no-class pixels last (they count as misses).
+    """
+    classes = confusion.shape[0]
+    intersect = np.diag(confusion[:, :classes]).astype(np.float64)
     area_gt = confusion.sum(axis=1).astype(np.float64)
-    area_pred = confusion.sum(axis=0).astype(np.float64)
+    area_pred = confusion[:, :classes].sum(axis=0).astype(np.float64)
     union = area_gt + area_pred - intersect
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = intersect / union
@@ -141,29 +171,70 @@ def _matched_to_ground_truth(document: dict, gt: dict) -> list[dict]:
     return results
 
 
-def coco_segm_eval(predictions: str | Path, ground_truth: str | Path) -> tuple[list[float], str]:
-    """pycocotools' segm COCOeval of a results file (or a full COCO document) against ground truth.
-
-    Returns the 12 summary numbers (AP, AP50, ... AR) and the printed table.
-    """
-    import json
-
+def load_coco_ground_truth(path: str | Path):
+    """A pycocotools COCO index of a ground-truth file (polygons, RLE and crowd regions as COCO defines them)."""
     from pycocotools.coco import COCO
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ClearCLIPError(f"cannot read ground truth {path} as COCO ({error})") from error
+
+
+@dataclass
+class CocoEvaluation:
+    """pycocotools' segm evaluation and, at IoU 0.5 over all areas, what became of every object.
+
+    ``detections[i]`` is "tp", "fp" or "crowd" (matched a crowd region: ignored, as COCO does) for the i-th
+    result; ``ground_truth[id]`` is "tp", "fn" or "crowd".
+    """
+
+    stats: list[float]
+    table: str
+    detections: list[str]
+    ground_truth: dict[int, str]
+
+    def counts(self) -> dict[str, int]:
+        return {"TP": self.detections.count("tp"), "FP": self.detections.count("fp"),
+                "FN": sum(v == "fn" for v in self.ground_truth.values()), "crowd": self.detections.count("crowd")}
+
+
+def coco_evaluate(gt, results: list[dict]) -> CocoEvaluation:
+    """Evaluate results (COCO result dicts with ``segmentation`` and ``score``) against a COCO index."""
     from pycocotools.cocoeval import COCOeval
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ground_truth))
-    data = json.loads(Path(predictions).read_text(encoding="utf-8"))
-    results = _matched_to_ground_truth(data, gt.dataset) if isinstance(data, dict) else data
     if not results:
-        raise ClearCLIPError(f"{predictions} has no annotations to evaluate")
+        raise ClearCLIPError("there are no predictions to evaluate")
     results = [{k: v for k, v in r.items() if k not in ("id", "area", "bbox")} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(results)  # numbers the results 1..N in order
     evaluator = COCOeval(gt, dt, iouType="segm")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return [float(v) for v in evaluator.stats], printed.getvalue()
+    detections = ["fp"] * len(results)
+    ground_truth = {gt_id: "fn" for gt_id in gt.getAnnIds()}
+    for record in evaluator.evalImgs:
+        if record is None or list(record["aRng"]) != list(evaluator.params.areaRng[0]):
+            continue
+        for dt_id, matched, ignored in zip(record["dtIds"], record["dtMatches"][0], record["dtIgnore"][0]):
+            detections[dt_id - 1] = "crowd" if ignored else ("tp" if matched else "fp")
+        for gt_id, matched, ignored in zip(record["gtIds"], record["gtMatches"][0], record["gtIgnore"]):
+            ground_truth[gt_id] = "crowd" if ignored else ("tp" if matched else "fn")
+    return CocoEvaluation([float(v) for v in evaluator.stats], printed.getvalue(), detections, ground_truth)
+
+
+def coco_segm_eval(predictions: str | Path, ground_truth: str | Path) -> CocoEvaluation:
+    """pycocotools' segm COCOeval of a results file (or a full COCO document such as annotations.json,
+    matched to the ground truth by file name and category name)."""
+    import json
+
+    gt = load_coco_ground_truth(ground_truth)
+    data = json.loads(Path(predictions).read_text(encoding="utf-8"))
+    results = _matched_to_ground_truth(data, gt.dataset) if isinstance(data, dict) else data
+    if not results:
+        raise ClearCLIPError(f"{predictions} has no annotations that match the ground truth's images and categories")
+    return coco_evaluate(gt, results)

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SCHEMAS = ("local-dir:", "hf-hub:")
+RANDOM_WEIGHTS_SEED = 0
 CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 HOW_TO_GET_WEIGHTS = (
@@ -115,22 +116,29 @@ def load_model(
     """
     weights_id, description = resolve_weights(model_name, pretrained)
     has_schema = model_name.startswith(SCHEMAS)
-    if pretrained is None and not has_schema:
-        message = f"{model_name} has RANDOM weights (pretrained=None): outputs are meaningless; use for tests and benchmarks only"
+    random_weights = pretrained is None and not has_schema
+    if random_weights:
+        message = (f"{model_name} has RANDOM weights (pretrained=None, seed {RANDOM_WEIGHTS_SEED}): outputs are "
+                   "meaningless; use for tests and benchmarks only")
         warnings.warn(message, stacklevel=2)
         logger.warning(message)
     try:
-        model = open_clip.create_model(
-            model_name,
-            pretrained=None if has_schema else pretrained,
-            device=device,
-            cache_dir=cache_dir,
-            require_pretrained=has_schema or pretrained is not None,
-        )
+        with torch.random.fork_rng(devices=[]):  # random weights are the same in every run, and the caller's RNG is kept
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = open_clip.create_model(
+                model_name,
+                pretrained=None if has_schema else pretrained,
+                device=device,
+                cache_dir=cache_dir,
+                require_pretrained=not random_weights,
+            )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     except ClearCLIPError:
         raise
     except Exception as error:  # open_clip and huggingface_hub raise many types for one cause
+        if model_name.startswith("local-dir:"):
+            raise ClearCLIPError(f"could not load the checkpoint in {model_name[len('local-dir:'):]}: {error}; check that "
+                                 "its open_clip_config.json describes the architecture of its weights") from error
         raise ClearCLIPError(f"could not load {model_name} with weights {pretrained!r}: {error}. {HOW_TO_GET_WEIGHTS}") from error
     model.eval().requires_grad_(False)
     visual = model.visual
@@ -143,7 +151,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` is CUDA when present, else CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ClearCLIPError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ClearCLIPError(f"device '{device}' is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ClearCLIPError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     return device

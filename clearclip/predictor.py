@@ -22,7 +22,8 @@ from .segmentation import (
     prepare_image,
     reduce_logits,
 )
-from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, encode_names
+from .errors import ClearCLIPError
+from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, check_context, encode_names
 from .vocabulary import Vocabulary
 from .windows import Padding, Window, center_padding, padded_size, sliding_windows
 
@@ -71,6 +72,7 @@ class ClearCLIP:
         self._dense_features = torch.compile(dense_features) if compile else dense_features
         self._text_cache = TextEmbeddingCache(weights_id, Path(cache_dir) if cache_dir else None)
         self._pos_cache = PositionalEmbeddingCache()
+        self._checked_vocabularies: set[tuple] = set()
 
     @classmethod
     def from_pretrained(
@@ -151,6 +153,7 @@ class ClearCLIP:
         self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings
     ) -> list[Segmentation]:
         """Segment prepared images: windows of all images are grouped by size and batched."""
+        self._check_vocabulary(vocabulary, settings)
         text = self.encode_text(vocabulary.queries, settings.templates)
         query_to_class = torch.tensor(vocabulary.query_to_class)
         pixels = [p.pixels.to(self.device, non_blocking=True) for p in prepared]
@@ -177,6 +180,15 @@ class ClearCLIP:
             )
             results.append(Segmentation(labels, scores, vocabulary.names))
         return results
+
+    def _check_vocabulary(self, vocabulary: Vocabulary, settings: SegmentSettings) -> None:
+        if settings.background_threshold > 0 and not vocabulary.has_background:
+            raise ClearCLIPError("background_threshold needs 'background' as the first class of the vocabulary: "
+                                 "pixels below it get class 0")
+        key = (tuple(vocabulary.queries), tuple(settings.templates))
+        if self.tokenizer is not None and key not in self._checked_vocabularies:
+            check_context(self.tokenizer, vocabulary.queries, settings.templates)
+            self._checked_vocabularies.add(key)
 
     @staticmethod
     def _crop(image: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:

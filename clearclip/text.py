@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -97,6 +98,37 @@ def encode_names(
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
+class ClassNameWarning(UserWarning):
+    """A class name the text encoder sees only in part."""
+
+
+def check_context(tokenizer, names: Sequence[str], templates: Sequence[Template]) -> None:
+    """Warn about names whose prompts exceed the text context (the encoder sees them cut), and raise
+    ClearCLIPError for names whose cut prompts are identical (their embeddings would be the same)."""
+    from .errors import ClearCLIPError
+
+    context = getattr(tokenizer, "context_length", None)
+    if not context or not names:
+        return
+
+    def lengths(texts: list[str]) -> list[int]:
+        return (tokenizer(texts) != 0).sum(dim=-1).tolist()
+
+    longest_template = max(lengths([fill_template(t, "") for t in templates])) - 2
+    long = [n for n, length in zip(names, lengths(list(names))) if length - 2 + longest_template + 2 > context]
+    if not long:
+        return
+    warnings.warn(f"class name(s) {', '.join(repr(n[:60]) for n in long)} do not fit the text context of {context} "
+                  "tokens in some prompts; the encoder sees them cut", ClassNameWarning, stacklevel=3)
+    seen: dict[bytes, str] = {}
+    for name in long:
+        key = tokenizer([fill_template(t, name) for t in templates]).numpy().tobytes()
+        if key in seen:
+            raise ClearCLIPError(f"class names {seen[key][:60]!r}... and {name[:60]!r}... are the same once cut to the "
+                                 f"text context of {context} tokens; shorten them so they differ early")
+        seen[key] = name
+
+
 def default_cache_dir() -> Path:
     """Where text embeddings persist: ``$CLEARCLIP_CACHE_DIR`` or ``~/.cache/clearclip``."""
     return Path(os.environ.get("CLEARCLIP_CACHE_DIR", Path.home() / ".cache" / "clearclip"))
@@ -129,7 +161,11 @@ class TextEmbeddingCache:
         path = self._path(key)
         try:
             value = torch.load(path, map_location="cpu", weights_only=True)
-        except (FileNotFoundError, RuntimeError, EOFError):
+        except FileNotFoundError:
+            return None
+        except Exception:  # a truncated or corrupt entry (pickle, zip, EOF errors...) is recomputed and rewritten
+            return None
+        if not isinstance(value, torch.Tensor) or value.ndim != 1:
             return None
         self._memory[key] = value
         return value

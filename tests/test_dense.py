@@ -28,11 +28,22 @@ def test_encode_dense_matches_reference(tiny_model, pixels, size, attention, res
     assert torch.allclose(ours.norm(dim=-1), torch.ones(()), atol=1e-5)
 
 
-def test_presets_are_the_papers_settings():
-    assert VARIANTS["clearclip"] == Decomposition("qq", residual=False, ffn=False)
-    assert VARIANTS["vanilla"] == Decomposition("qk", residual=True, ffn=True)
-    assert VARIANTS["maskclip"] == Decomposition("identity", residual=False, ffn=False)
-    assert VARIANTS["sclip"].attention == "qq+kk"
+@pytest.mark.parametrize("variant,definition", [
+    ("clearclip", ("qq", False, False)),  # the paper: q-q attention, no residual, no FFN in the last block
+    ("maskclip", ("identity", False, False)),
+    ("sclip", ("qq+kk", True, False)),
+])
+def test_presets_compute_their_methods(tiny_model, pixels, variant, definition):
+    ours = ClearCLIP(tiny_model, None, variant=variant).encode_dense(pixels[(40, 64)])
+    with torch.no_grad():
+        ref = reference_dense(tiny_model, pixels[(40, 64)], *definition)
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def test_cli_variant_names_are_the_presets():
+    from clearclip.job import VARIANT_NAMES
+
+    assert VARIANT_NAMES == tuple(VARIANTS)
 
 
 def test_presets_give_different_features(tiny_model, pixels):

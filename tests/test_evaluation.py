@@ -8,7 +8,7 @@ from PIL import Image
 
 from clearclip.cli import main
 from clearclip.coco import encode_rle
-from clearclip.evaluation import BENCHMARKS, confusion_matrix, coco_segm_eval, iou_metrics
+from clearclip.evaluation import BENCHMARKS, class_indices, confusion_matrix, coco_segm_eval, iou_metrics
 
 
 def test_confusion_matrix_by_hand():
@@ -16,7 +16,8 @@ def test_confusion_matrix_by_hand():
     pred = np.array([[0, 1, 1], [1, 0, 2]])
     # rows gt, cols pred: gt0 -> pred 0,1 ; gt1 -> 1,1 ; gt2 -> 0 ; 255 ignored
     expected = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    assert np.array_equal(confusion_matrix(pred, gt, 3), expected)
+    assert np.array_equal(confusion_matrix(pred, gt, 3)[:, :3], expected)
+    assert confusion_matrix(pred, gt, 3)[:, 3].sum() == 0  # nothing predicted as "no class"
     metrics = iou_metrics(expected)
     # IoU0 = 1/(2+2-1) = 1/3, IoU1 = 2/(2+3-2) = 2/3, IoU2 = 0/(1+0-0) = 0
     assert np.allclose(metrics["iou"], [1 / 3, 2 / 3, 0])
@@ -27,7 +28,7 @@ def test_confusion_matrix_by_hand():
 def test_reduce_zero_label_and_absent_classes():
     gt = np.array([[0, 1, 2, 3]])  # 0 -> ignored, 1..3 -> 0..2
     pred = np.array([[2, 0, 1, 1]])
-    cm = confusion_matrix(pred, gt, 4, reduce_zero_label=True)
+    cm = confusion_matrix(pred, gt, 4, reduce_zero_label=True)[:, :4]
     assert cm.sum() == 3
     assert np.array_equal(cm[:3, :3], [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
     metrics = iou_metrics(cm)
@@ -90,13 +91,61 @@ def test_coco_eval_prediction_equal_to_ground_truth_gives_ap_1(tmp_path, capsys)
     }
     pred_path = tmp_path / "annotations.json"
     pred_path.write_text(json.dumps(document))
-    stats, _ = coco_segm_eval(pred_path, gt_path)
-    assert stats[0] == pytest.approx(1.0) and stats[1] == pytest.approx(1.0)
+    evaluation = coco_segm_eval(pred_path, gt_path)
+    assert evaluation.stats[0] == pytest.approx(1.0) and evaluation.stats[1] == pytest.approx(1.0)
+    assert evaluation.counts() == {"TP": 4, "FP": 0, "FN": 0, "crowd": 0}
 
     document["annotations"] = [{**a, "category_id": 7 if a["category_id"] == 8 else 8} for a in document["annotations"]]
     pred_path.write_text(json.dumps(document))
-    stats, _ = coco_segm_eval(pred_path, gt_path)
-    assert stats[0] == pytest.approx(0.0)
+    evaluation = coco_segm_eval(pred_path, gt_path)
+    assert evaluation.stats[0] == pytest.approx(0.0) and evaluation.counts()["FP"] == 4
 
     assert main(["eval-coco", str(tmp_path / "annotations.json"), "--gt", str(gt_path)]) == 0
     assert "Average Precision" in capsys.readouterr().out
+
+
+def test_unlabeled_predictions_count_as_misses():
+    gt = np.array([[0, 1, 1, 2]])
+    pred = class_indices(np.array([[1, 0, 2, 3]]), 3, "category", has_background=False)  # a run without background
+    assert pred.tolist() == [[0, 3, 1, 2]]  # 0 = unlabeled -> "no class" (index 3)
+    metrics = iou_metrics(confusion_matrix(pred, gt, 3))
+    assert metrics["iou"].tolist() == pytest.approx([1.0, 0.5, 1.0])
+    assert metrics["pixel_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_prediction_ids_out_of_range_are_refused():
+    with pytest.raises(ValueError, match=r"predicted values \[3\] are not class ids of a 3-class vocabulary"):
+        class_indices(np.array([[0, 3]]), 3, "class")
+    with pytest.raises(ValueError, match="ground-truth values \\[7\\] are outside the 3 classes"):
+        confusion_matrix(np.zeros((1, 2)), np.array([[1, 7]]), 3)
+
+
+def write_maps(folder, maps):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in maps.items():
+        Image.fromarray(np.asarray(array, np.uint8)).save(folder / name)
+
+
+def test_eval_miou_of_a_run_without_background_maps_ids_explicitly(tmp_path, capsys):
+    """A run of a vocabulary without background writes category ids 1..K (0 = unlabeled); ground truth with
+    reduce-zero-label has 0 = ignore and 1..K = the classes: identical maps must score 100."""
+    run = tmp_path / "run"
+    (run / "labels").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"vocabulary": ["cat", "dog", "sofa"]}))
+    maps = {"x.png": [[1, 2, 3, 3], [0, 1, 2, 3]]}
+    write_maps(run / "labels", maps)
+    write_maps(tmp_path / "gt", maps)
+    assert main(["eval-miou", "--pred", str(run / "labels"), "--gt", str(tmp_path / "gt"), "--reduce-zero-label"]) == 0
+    assert "mIoU                           100.00" in capsys.readouterr().out
+    # read as class indices, the same maps would be one off: the top id is out of range and refused
+    assert main(["eval-miou", "--pred", str(run / "labels"), "--gt", str(tmp_path / "gt"), "--reduce-zero-label",
+                 "--pred-ids", "class"]) == 2
+    assert "predicted values [3] are not class ids" in capsys.readouterr().err
+
+
+def test_eval_miou_names_the_file_with_out_of_range_predictions(tmp_path, capsys):
+    write_maps(tmp_path / "pred", {"x.png": [[0, 5]]})
+    write_maps(tmp_path / "gt", {"x.png": [[0, 1]]})
+    assert main(["eval-miou", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "x.png" in err and "predicted values [5]" in err and len(err.strip().splitlines()) == 1

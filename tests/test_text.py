@@ -64,3 +64,30 @@ def test_random_weights_are_never_cached_on_disk(tiny_model, tokenizer, tmp_path
     cache.embeddings(["b", "c"], ["{}"], encode)
     assert calls == [["a", "b"], ["c"]]
     assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_a_corrupt_cache_entry_is_recomputed(tiny_model, tokenizer, tmp_path):
+    cc = ClearCLIP(tiny_model, tokenizer, weights_id="tiny-weights", cache_dir=tmp_path)
+    expected = cc.encode_text(["cat"], DEFAULT_TEMPLATES[:3])
+    (entry,) = tmp_path.rglob("*.pt")
+    entry.write_bytes(b"\x80\x04 not a pickle at all")
+    again = ClearCLIP(tiny_model, tokenizer, weights_id="tiny-weights", cache_dir=tmp_path)
+    assert torch.equal(again.encode_text(["cat"], DEFAULT_TEMPLATES[:3]), expected)
+    assert torch.load(entry, weights_only=True).shape == expected[0].shape  # rewritten
+
+
+def test_names_longer_than_the_context_are_warned_about_and_collisions_refused(tiny_model, tokenizer):
+    import warnings
+
+    from clearclip import ClearCLIPError, Vocabulary
+    from clearclip.text import ClassNameWarning
+
+    cc = ClearCLIP(tiny_model, tokenizer)
+    image = torch.zeros(16, 16, 3, dtype=torch.uint8).numpy()
+    long = "very " * 80
+    with pytest.warns(ClassNameWarning, match="do not fit the text context of 77 tokens"):
+        cc.segment(image, ["cat", long + "dog"], short_side=16, crop=16, stride=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClassNameWarning)
+        with pytest.raises(ClearCLIPError, match="are the same once cut to the text context"):
+            cc.segment(image, Vocabulary.from_strings([long + "cat", long + "dog"]), short_side=16, crop=16, stride=16)

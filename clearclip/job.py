@@ -1,0 +1,316 @@
+"""A labeling job, every parameter defined once: the options of ``clearclip label``, the parameters of the
+``label-dataset`` flow and the keyword arguments of the Python API all come from ``LabelJob``'s fields.
+
+A field's metadata gives its help text, its CLI group and the check its value must pass; the check runs
+in argparse (so a bad option is a usage error naming the valid range) and again when a job is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from . import __version__
+from .errors import ClearCLIPError
+
+VARIANT_NAMES = ("clearclip", "vanilla", "maskclip", "sclip")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+INSTANCE_MODES = ("components", "semantic")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _number(value, kind=float):
+    if isinstance(value, bool):
+        raise ValueError
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError
+    return result
+
+
+def whole(low: int) -> Callable:
+    def check(value):
+        try:
+            value = _number(value, int)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a whole number, {low} or more") from None
+        if value < low:
+            raise ValueError(f"must be a whole number, {low} or more")
+        return value
+
+    check.numeric = True
+    return check
+
+
+def fraction(value):
+    """A number from 0 to 1."""
+    try:
+        value = _number(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return value
+
+
+fraction.numeric = True
+
+
+def positive(value):
+    """A finite number above 0."""
+    try:
+        value = _number(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a finite number above 0") from None
+    if value <= 0:
+        raise ValueError("must be a finite number above 0")
+    return value
+
+
+positive.numeric = True
+
+
+def one_of(*choices: str) -> Callable:
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    check.choices = choices
+    return check
+
+
+def device_name(value):
+    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError("must be auto, cpu, cuda or cuda:N (other devices are not supported)")
+    return value
+
+
+def text(value):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def optional(check: Callable) -> Callable:
+    def wrapped(value):
+        return None if value is None else check(value)
+
+    wrapped.__doc__ = check.__doc__
+    return wrapped
+
+
+def templates_check(value):
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(t, str) and "{}" in t for t in value) or not value:
+        raise ValueError("must be a list of prompt templates, each with '{}' for the class name")
+    return list(value)
+
+
+def option(default, help: str, check: Callable, group: str, flag: str | None = None, **extra):
+    """A job field: default, help text, the check of its value, its CLI group and flag."""
+    metadata = {"help": help, "check": check, "group": group, "flag": flag, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+MODEL = "model"
+SEGMENTATION = "segmentation (defaults are the paper's settings)"
+FILTERING = "confidence filtering"
+THROUGHPUT = "throughput"
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """Everything a labeling run needs, as JSON-able values. Bad values raise ClearCLIPError naming them."""
+
+    classes: str | list[str] = field(metadata={"help": "a class-file path, or a list of class strings ('person, man')",
+                                               "check": lambda v: v, "group": None})
+    model: str = option("ViT-B-16", "open_clip model name (ViT-B-16, ViT-L-14, ...), or local-dir:/folder, or "
+                        "hf-hub:org/repo", text, MODEL)
+    pretrained: str | None = option("openai", "pretrained tag (openai, laion2b_s34b_b88k, ...) or a weight file; "
+                                    "'none' for random weights, seeded (tests and benchmarks only); ignored for "
+                                    "local-dir:/hf-hub:", optional(text), MODEL)
+    variant: str = option("clearclip", "last-block decomposition: clearclip (q-q attention, no residual, no FFN), "
+                          "vanilla (unmodified CLIP), maskclip, sclip", one_of(*VARIANT_NAMES), MODEL)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...", device_name, MODEL)
+    precision: str = option("auto", "auto is fp16 autocast on CUDA and fp32 on the CPU; a run folder keeps the "
+                            "precision its first labeler used", one_of(*PRECISIONS), MODEL)
+    compile: bool = option(False, "torch.compile the vision forward (faster on GPUs after a warm-up per window size)",
+                           bool, MODEL)
+    short_side: int = option(448, "resize the short side to this (0 keeps the size)", whole(0), SEGMENTATION)
+    max_long_side: int = option(2048, "but keep the long side at most this", whole(1), SEGMENTATION)
+    crop: int = option(448, "sliding-window size in pixels", whole(1), SEGMENTATION)
+    stride: int = option(224, "sliding-window stride in pixels", whole(1), SEGMENTATION)
+    logit_scale: float = option(50.0, "softmax temperature factor", positive, SEGMENTATION)
+    templates: list[str] | None = option(None, "a prompt template with {} for the class name (repeatable; default: "
+                                         "the 80 OpenAI ImageNet templates)", templates_check, SEGMENTATION,
+                                         flag="--template")
+    background_threshold: float = option(0.0, "pixels whose score is below this get class 0, which must be "
+                                         "'background' (paper: VOC 0.5, Context60 0.15, COCO-Object 0.4; 0 = off)",
+                                         fraction, SEGMENTATION)
+    pixel_threshold: float = option(0.0, "pixels whose score is below this are unlabeled", fraction, FILTERING)
+    min_score: float = option(0.0, "drop regions whose mean pixel score is below this (a class's score is shared "
+                              "with its synonyms, so keep it low for classes with several)", fraction, FILTERING)
+    min_area: int = option(0, "drop regions smaller than this many pixels", whole(0), FILTERING)
+    min_area_fraction: float = option(0.001, "drop regions smaller than this fraction of the image (0.001 = 0.1 %)",
+                                      fraction, FILTERING)
+    class_thresholds: str | None = option(None, 'per-class overrides, JSON or YAML: {"person": {"min_score": 0.5, '
+                                          '"min_area": 100}}', optional(text), FILTERING, metavar="FILE")
+    instances: str = option("components", "components: one annotation per connected region of a class; semantic: "
+                            "one per class per image", one_of(*INSTANCE_MODES), FILTERING)
+    batch_size: int = option(4, "images whose windows share forward passes (halved on CUDA out-of-memory)",
+                             whole(1), THROUGHPUT)
+    workers: int = option(-1, "image decoding processes (-1 = one per spare core, up to 4; 0 = in-process)",
+                          whole(-1), THROUGHPUT)
+    max_pixels: int = option(100_000_000, "images above this many pixels are reported, not decoded",
+                             whole(1), THROUGHPUT)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                checked = f.metadata["check"](value)
+            except ValueError as error:
+                raise ClearCLIPError(f"{f.name} {error} (got {value!r})") from None
+            object.__setattr__(self, f.name, checked)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, classes: str | list[str]) -> "LabelJob":
+        """The job that parsed CLI options describe (options the parser did not define keep their defaults)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "classes" and hasattr(args, f.name)}
+        if isinstance(values.get("pretrained"), str) and values["pretrained"].lower() == "none":
+            values["pretrained"] = None
+        return cls(classes, **values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label_config(self):
+        """The parsed form of the job (vocabulary, settings, filters); raises ClearCLIPError for bad values."""
+        from .labeling import LabelConfig
+        from .regions import RegionFilter, Thresholds, load_class_thresholds
+        from .segmentation import SegmentSettings
+        from .vocabulary import Vocabulary
+
+        vocabulary = Vocabulary.load(self.classes)
+        default = Thresholds(self.pixel_threshold, self.min_score, self.min_area, self.min_area_fraction)
+        per_class = load_class_thresholds(self.class_thresholds, default, vocabulary) if self.class_thresholds else {}
+        settings = SegmentSettings(self.short_side, self.max_long_side, self.crop, self.stride, self.logit_scale,
+                                   self.background_threshold).with_overrides(templates=self.templates)
+        if settings.background_threshold > 0 and not vocabulary.has_background:
+            raise ClearCLIPError("background_threshold needs 'background' as the first class of the vocabulary")
+        return LabelConfig(vocabulary, settings, RegionFilter(default, per_class, self.instances), self.batch_size,
+                           self.workers, self.max_pixels)
+
+    def load_model(self):
+        """The ClearCLIP this job runs, weights loaded (raises ClearCLIPError naming what is missing)."""
+        from .predictor import ClearCLIP
+
+        return ClearCLIP.from_pretrained(self.model, self.pretrained, device=self.device, precision=self.precision,
+                                         variant=self.variant, compile=self.compile)
+
+    def info(self, config=None) -> dict:
+        """What the run computes (the ``info`` of annotations.json and the run's config.json): no timings,
+        paths or throughput settings. Checks the model and weights without loading them."""
+        from .decomposition import get_decomposition
+        from .model import resolve_weights
+        from .text import DEFAULT_TEMPLATES
+
+        config = config or self.label_config()
+        weights_id, description = resolve_weights(self.model, self.pretrained)
+        settings = asdict(config.settings)
+        templates = config.settings.templates
+        settings["templates"] = "openai_imagenet_80" if tuple(templates) == DEFAULT_TEMPLATES else list(templates)
+        return {
+            "description": "clearclip pseudo-annotations",
+            "version": __version__,
+            "model": description["model"],
+            "pretrained": description["pretrained"],
+            "weights_sha256": description.get("weights_sha256"),
+            "weights_id": weights_id,
+            "variant": self.variant,
+            "decomposition": asdict(get_decomposition(self.variant)),
+            "vocabulary": config.vocabulary.to_strings(),
+            "background_class": config.vocabulary.has_background,
+            "settings": settings,
+            "thresholds": config.region_filter.to_dict(),
+        }
+
+
+def _argparse_type(name: str, check: Callable) -> Callable:
+    def convert(text_value: str):
+        try:
+            return check(_parse_number(text_value) if getattr(check, "numeric", False) else text_value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{error} (got {text_value!r})") from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _parse_number(text_value: str):
+    try:
+        return int(text_value)
+    except ValueError:
+        try:
+            return float(text_value)  # "nan" parses, and the check refuses it
+        except ValueError:
+            return text_value  # the check refuses it with the valid range
+
+
+def add_job_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
+    """Add the options of ``LabelJob`` in ``groups`` (MODEL, SEGMENTATION, FILTERING, THROUGHPUT) to a parser."""
+    containers = {}
+    for f in fields(LabelJob):
+        group = f.metadata.get("group")
+        if group not in groups:
+            continue
+        container = containers.setdefault(group, parser.add_argument_group(group))
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        check = f.metadata["check"]
+        shown = "" if default in (None, False) else f" (default: {default})"
+        if check is bool:
+            container.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+        elif f.name == "templates":
+            container.add_argument(flag, dest=f.name, action="append", metavar="TEMPLATE", help=f.metadata["help"])
+        elif f.name == "pretrained":
+            container.add_argument(flag, dest=f.name, default=default, help=f.metadata["help"] + shown)
+        else:
+            choices = getattr(check, "choices", None)
+            container.add_argument(flag, dest=f.name, default=default, choices=choices,
+                                   type=None if choices else _argparse_type(f.name, check),
+                                   metavar=f.metadata.get("metavar"), help=f.metadata["help"] + shown)
+
+
+def with_job_parameters(function: Callable) -> Callable:
+    """Give a flow function ``(..., **job)`` the signature ``(..., <every LabelJob field>)``, so that Prefect
+    shows, validates and passes each job parameter by name."""
+    signature = inspect.signature(function)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    types = typing.get_type_hints(LabelJob)
+    for f in fields(LabelJob):
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else inspect.Parameter.empty)
+        own.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=types[f.name]))
+    function.__signature__ = signature.replace(parameters=own)
+    return function
+
+
+def default_workers() -> int:
+    """One decode worker per core this process may use beyond its own, up to 4."""
+    return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
