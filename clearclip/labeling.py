@@ -1,36 +1,34 @@
-"""Labeling a folder: images in, per-image results written atomically, merged into COCO and run.json.
+"""Labeling images into a run folder: decode, segment, and write each image's label map and record.
 
-A run folder holds ``config.json`` (what the run computes), ``parts/<file>.json`` (one finished
-image each; a file exists only once complete), ``labels/<file without extension>.png``, and after
-the merge ``annotations.json`` and ``run.json``. A rerun skips images that have a part, so a killed
-run resumes and the merged result equals an uninterrupted run's.
+Which images need work is decided per image (see ``RunFolder.state``): a rerun labels new, changed,
+failed and unfinished images and nothing else, and loads the model only when there is something to do.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-from .atomic import write_json
-from .coco import assemble, region_annotation
-from .errors import ClearCLIPError
-from .images import ImageLoadError, list_images, load_image
-from .predictor import ClearCLIP
+from .coco import region_annotation
+from .errors import ClearCLIPError, EnvironmentFailure
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageFile, ImageLoadError, load_image, scan_images
+from .job import default_workers
+from .merge import merge_run
 from .regions import RegionFilter, category_map, extract_regions
+from .run_folder import DONE, RunFolder, is_disk_full
 from .segmentation import PreparedImage, Segmentation, SegmentSettings, prepare_image
 from .visualize import save_label_png
 from .vocabulary import Vocabulary
+
+KILL_AFTER_VARIABLE = "CLEARCLIP_KILL_AFTER_IMAGES"  # tests: SIGKILL this process after N images are committed
+FAILURES_LOGGED = 20  # failures reported one by one per call; the rest are counted (run.json lists them all)
+_committed_in_process = 0
 
 
 @dataclass(frozen=True)
@@ -42,15 +40,10 @@ class LabelConfig:
     region_filter: RegionFilter = RegionFilter()
     batch_size: int = 4  # images whose windows share forward passes
     num_workers: int = -1  # DataLoader decode workers; -1: one per spare core, up to 4
-
-    def __post_init__(self) -> None:
-        if self.settings.background_threshold > 0 and not self.vocabulary.has_background:
-            raise ClearCLIPError("--background-threshold needs 'background' as the first class of the vocabulary")
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def workers(self) -> int:
-        if self.num_workers >= 0:
-            return self.num_workers
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        return self.num_workers if self.num_workers >= 0 else default_workers()
 
 
 @dataclass
@@ -61,230 +54,217 @@ class LabelStats:
     skipped: int = 0  # already done by an earlier run
     failures: dict[str, str] = field(default_factory=dict)  # file -> reason
     seconds: float = 0.0
+    batch_size: int = 0  # images per forward pass at the end (smaller after CUDA out-of-memory)
+    bytes_written: int = 0
 
 
-def part_path(run_dir: Path, file_name: str) -> Path:
-    """Where the finished record of one image lives (the image's own name plus ``.json``)."""
-    return run_dir / "parts" / f"{file_name}.json"
+def stat_images(root: str | Path, names: Sequence[str]) -> list[ImageFile]:
+    """ImageFiles for names relative to ``root``; a missing file gets size -1, so it is never done."""
+    images = []
+    for name in names:
+        try:
+            info = os.stat(Path(root) / name)
+            images.append(ImageFile(name, info.st_size, info.st_mtime_ns))
+        except OSError:
+            images.append(ImageFile(name, -1, -1))
+    return images
 
 
-def label_path(run_dir: Path, file_name: str) -> Path:
-    """``labels/<relative path without extension>.png``."""
-    return run_dir / "labels" / PurePosixPath(file_name).with_suffix(".png")
+def _ignore_interrupts(_: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which reports it in one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def read_part(run_dir: Path, file_name: str) -> dict | None:
-    """The stored record of an image, or None when it has not finished."""
-    try:
-        return json.loads(part_path(run_dir, file_name).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+class ImageFolder:
+    """Decoded and prepared images for a DataLoader: ``(ImageFile as decoded, prepared or None, error or None)``."""
 
-
-def is_done(run_dir: Path, file_name: str) -> bool:
-    """True when the image has a record that is not a failure (failures are retried)."""
-    part = read_part(run_dir, file_name)
-    return part is not None and "error" not in part
-
-
-def set_aside_collisions(run_dir: Path, files: Sequence[str]) -> list[str]:
-    """Files whose label map path is not taken by an earlier file; the others get a failure record.
-
-    ``a.jpg`` and ``a.png`` in one folder would share ``labels/a.png``: the first in sorted order is
-    labeled, the second is reported with the reason.
-    """
-    owner: dict[Path, str] = {}
-    kept = []
-    for file_name in files:
-        target = label_path(run_dir, file_name)
-        if target in owner:
-            reason = f"its label map {target.name} would overwrite that of {owner[target]}; rename one of them"
-            print(f"clearclip: skipped {file_name}: {reason}", file=sys.stderr)
-            write_json(part_path(run_dir, file_name), {"file_name": file_name, "error": reason})
-            continue
-        owner[target] = file_name
-        kept.append(file_name)
-    return kept
-
-
-def check_run_dir(run_dir: Path, info: dict) -> None:
-    """Record what the run computes in ``config.json``; refuse to mix in results of other settings."""
-    path = run_dir / "config.json"
-    if path.exists():
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if existing != info:
-            changed = sorted(k for k in set(existing) | set(info) if existing.get(k) != info.get(k))
-            raise ClearCLIPError(
-                f"{run_dir} holds results made with other settings ({', '.join(changed)} differ); "
-                "use a new --out folder to label with these settings"
-            )
-        return
-    write_json(path, info, indent=2)
-
-
-class ImageFolder(Dataset):
-    """Decoded and prepared images for a DataLoader; unreadable files come back with their error."""
-
-    def __init__(self, root: Path, files: Sequence[str], settings: SegmentSettings, mean, std) -> None:
-        self.root, self.files, self.settings, self.mean, self.std = root, list(files), settings, mean, std
+    def __init__(self, root: Path, images: Sequence[ImageFile], config: LabelConfig, mean, std) -> None:
+        self.root, self.images, self.config, self.mean, self.std = root, list(images), config, mean, std
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[str, PreparedImage | None, str | None]:
-        file_name = self.files[index]
+    def __getitem__(self, index: int) -> tuple[ImageFile, PreparedImage | None, str | None]:
+        name = self.images[index].name
+        path = self.root / name
         try:
-            image = load_image(self.root / file_name)
+            info = os.stat(path)
+            image = ImageFile(name, info.st_size, info.st_mtime_ns)
+            array = load_image(path, self.config.max_pixels)
+        except FileNotFoundError:
+            return self.images[index], None, "file not found (deleted while the run was going)"
         except ImageLoadError as error:
-            return file_name, None, error.reason
-        return file_name, prepare_image(image, self.settings, self.mean, self.std), None
+            return image, None, error.reason
+        return image, prepare_image(array, self.config.settings, self.mean, self.std), None
 
 
-def finish_image(run_dir: Path, file_name: str, segmentation: Segmentation, config: LabelConfig) -> dict:
-    """Write the category label map and the image's record (regions as COCO annotations)."""
+def finish_image(folder: RunFolder, image: ImageFile, segmentation: Segmentation, config: LabelConfig,
+                 precision: str) -> int:
+    """Write an image's label map, then its record (which commits it); returns the bytes written."""
     categories = category_map(segmentation, config.vocabulary, config.region_filter)
-    save_label_png(categories, label_path(run_dir, file_name))
-    regions = extract_regions(segmentation, config.vocabulary, config.region_filter, categories)
-    height, width = segmentation.labels.shape
-    record = {
-        "file_name": file_name,
-        "width": int(width),
-        "height": int(height),
-        "annotations": [region_annotation(region, config.vocabulary) for region in regions],
-    }
-    write_json(part_path(run_dir, file_name), record)
-    return record
+    label_path = folder.label_path(image.name)
+    save_label_png(categories, label_path)
+    height, width = categories.shape
+    regions = extract_regions(categories, segmentation.scores, config.vocabulary, config.region_filter)
+    annotations = [region_annotation(region, config.vocabulary, height, width) for region in regions]
+    folder.write_record(image, width, height, annotations, precision)
+    return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
 
 
-def _collate(batch):
-    return batch
+def _committed() -> None:
+    global _committed_in_process
+    _committed_in_process += 1
+    limit = os.environ.get(KILL_AFTER_VARIABLE)
+    if limit and _committed_in_process >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Segmenter:
+    """``segment_prepared`` with the CUDA out-of-memory fallback: halve the images per pass, then the windows."""
+
+    def __init__(self, cc, config: LabelConfig, log: Callable[[str], None]) -> None:
+        self.cc, self.config, self.log = cc, config, log
+        self.chunk = config.batch_size
+
+    def __call__(self, prepared: list[PreparedImage]) -> list[Segmentation]:
+        import torch
+
+        results: list[Segmentation] = []
+        start = 0
+        while start < len(prepared):
+            chunk = prepared[start : start + self.chunk]
+            try:
+                results += self.cc.segment_prepared(chunk, self.config.vocabulary, self.config.settings)
+                start += len(chunk)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if self.chunk > 1:
+                    self.chunk //= 2
+                    self.log(f"CUDA out of memory; retrying with {self.chunk} image(s) per pass")
+                elif self.cc.window_batch_size > 1:
+                    self.cc.window_batch_size //= 2
+                    self.log(f"CUDA out of memory; retrying with {self.cc.window_batch_size} window(s) per pass")
+                else:
+                    raise EnvironmentFailure("CUDA out of memory with one window per pass; use a smaller --crop, "
+                                             "a GPU with more memory, or --device cpu") from None
+        return results
+
+
+def _disk_full(folder: RunFolder, stats: LabelStats, left: int, error: OSError) -> EnvironmentFailure:
+    per_image = stats.bytes_written / stats.labeled if stats.labeled else 0
+    need = f"about {per_image * left / 1e6:.0f} MB more for the {left} images left" if per_image else "more space"
+    return EnvironmentFailure(f"no space left on the device of {folder.root} (writing {error.filename or 'a result'}): "
+                              f"{need}; free space and rerun the same command to resume")
 
 
 def label_images(
-    cc: ClearCLIP, root: str | Path, files: Sequence[str], run_dir: str | Path, config: LabelConfig, progress: bool = True
+    model,
+    root: str | Path,
+    images: Sequence[ImageFile],
+    folder: RunFolder,
+    config: LabelConfig,
+    progress: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = lambda message: print(f"clearclip: {message}", file=sys.stderr),
 ) -> LabelStats:
-    """Label the images ``files`` (relative to ``root``) that have no finished record in ``run_dir``.
+    """Label the ``images`` (relative to ``root``) that are not done in ``folder``; failed ones are retried.
 
-    Decoding runs in DataLoader workers, windows of ``config.batch_size`` images share forward
-    passes, and label maps and records are written by a thread pool while the model runs.
+    ``model`` is a ClearCLIP or a function that loads one (called only if there is work). Decoding runs
+    in DataLoader workers, windows of ``config.batch_size`` images share forward passes, and label maps
+    and records are written by a thread pool while the model runs. ``on_progress(n)`` is called with
+    the number of images finished (labeled or failed) so far.
     """
-    root, run_dir = Path(root), Path(run_dir)
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    root = Path(root)
     start = time.perf_counter()
-    todo = [f for f in files if not is_done(run_dir, f)]
-    stats = LabelStats(skipped=len(files) - len(todo))
+    todo = [image for image in images if folder.state(image) != DONE]
+    stats = LabelStats(skipped=len(images) - len(todo), batch_size=config.batch_size)
     if not todo:
         return stats
-    dataset = ImageFolder(root, todo, config.settings, cc.mean, cc.std)
+    cc = model if hasattr(model, "segment_prepared") else model()
+    folder.claim_precision(cc.precision)
+    segment = _Segmenter(cc, config, log)
     workers = config.workers()
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=_collate,
-        pin_memory=cc.device.type == "cuda", prefetch_factor=2 if workers else None, persistent_workers=False,
+        ImageFolder(root, todo, config, cc.mean, cc.std), batch_size=config.batch_size, num_workers=workers,
+        collate_fn=list, prefetch_factor=2 if workers else None, worker_init_fn=_ignore_interrupts if workers else None,
     )
     bar = tqdm(total=len(todo), unit="img", desc="labeling", disable=not progress, dynamic_ncols=True)
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for batch in loader:
-            ready = []
-            for file_name, prepared, error in batch:
-                if error is None:
-                    ready.append((file_name, prepared))
-                    continue
-                stats.failures[file_name] = error
-                print(f"clearclip: skipped {root / file_name}: {error}", file=sys.stderr)
-                write_json(part_path(run_dir, file_name), {"file_name": file_name, "error": error})
-                bar.update(1)
-            if ready:
-                segmentations = cc.segment_prepared([p for _, p in ready], config.vocabulary, config.settings)
-                for (file_name, _), segmentation in zip(ready, segmentations):
-                    pending.append(pool.submit(finish_image, run_dir, file_name, segmentation, config))
-            while len(pending) > 2 * config.batch_size:
-                pending.pop(0).result()
-                stats.labeled += 1
-                bar.update(1)
-        for future in pending:
-            future.result()
-            stats.labeled += 1
-            bar.update(1)
-    bar.close()
+
+    def finished() -> None:
+        bar.update(1)
+        if on_progress:
+            on_progress(stats.labeled + len(stats.failures))
+
+    def collect(future: Future) -> None:
+        stats.bytes_written += future.result()
+        stats.labeled += 1
+        _committed()
+        finished()
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for batch in loader:
+                ready = []
+                for image, prepared, error in batch:
+                    if error is None:
+                        ready.append((image, prepared))
+                        continue
+                    attempts = folder.write_failure(image, error)
+                    stats.failures[image.name] = error
+                    if len(stats.failures) <= FAILURES_LOGGED:
+                        log(f"skipped {root / image.name}: {error}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+                    finished()
+                if ready:
+                    for (image, _), segmentation in zip(ready, segment([p for _, p in ready])):
+                        pending.append(pool.submit(finish_image, folder, image, segmentation, config, cc.precision))
+                while len(pending) > 2 * config.batch_size:
+                    collect(pending.pop(0))
+            while pending:
+                collect(pending.pop(0))
+    except OSError as error:
+        if is_disk_full(error):
+            raise _disk_full(folder, stats, len(todo) - stats.labeled - len(stats.failures), error) from error
+        raise
+    finally:
+        bar.close()
+    if len(stats.failures) > FAILURES_LOGGED:
+        log(f"{len(stats.failures) - FAILURES_LOGGED} more files could not be labeled; run.json lists every failure")
+    stats.batch_size = segment.chunk
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def merge_run(run_dir: str | Path, files: Sequence[str], vocabulary: Vocabulary, info: dict, extra: dict | None = None) -> dict:
-    """Merge the records of ``files`` (in this order) into ``annotations.json`` and write ``run.json``.
-
-    Returns the run summary that ``run.json`` holds.
-    """
-    run_dir = Path(run_dir)
-    records, failures, missing = [], {}, []
-    for file_name in files:
-        part = read_part(run_dir, file_name)
-        if part is None:
-            missing.append(file_name)
-        elif "error" in part:
-            failures[file_name] = part["error"]
-        else:
-            records.append(part)
-    if not missing:  # every image is finished, so no writer is active: clear what killed writers left
-        for leftover in run_dir.rglob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
-    document = assemble(records, vocabulary, info)
-    write_json(run_dir / "annotations.json", document)
-    names = {c["id"]: c["name"] for c in document["categories"]}
-    per_class = Counter(names[a["category_id"]] for a in document["annotations"])
-    summary = {
-        "info": info,
-        "images_listed": len(files),
-        "images_labeled": len(records),
-        "annotations": len(document["annotations"]),
-        "annotations_per_class": {name: per_class.get(name, 0) for name in names.values()},
-        "failures": [{"file": f, "error": e} for f, e in failures.items()],
-        "missing": missing,
-        **(extra or {}),
-    }
-    write_json(run_dir / "run.json", summary, indent=2)
-    return summary
-
-
-def summary_table(summary: dict) -> str:
-    """The end-of-run table: images, annotations per class, failures."""
-    lines = [
-        f"images labeled  {summary['images_labeled']} of {summary['images_listed']}",
-        f"annotations     {summary['annotations']}",
-        f"failures        {len(summary['failures'])}",
-    ]
-    if summary.get("images_per_second"):
-        lines.append(f"images/s        {summary['images_per_second']:.2f}")
-    lines.append("")
-    lines.append(f"{'class':<30} {'annotations':>11}")
-    for name, count in summary["annotations_per_class"].items():
-        lines.append(f"{name:<30} {count:>11}")
-    for failure in summary["failures"]:
-        lines.append(f"failed: {failure['file']}: {failure['error']}")
-    return "\n".join(lines)
-
-
 def label_folder(
-    cc: ClearCLIP, dataset_dir: str | Path, run_dir: str | Path, config: LabelConfig, info: dict, progress: bool = True
+    model,
+    dataset_dir: str | Path,
+    run_dir: str | Path,
+    config: LabelConfig,
+    info: dict,
+    progress: bool = True,
 ) -> dict:
     """Label every image under ``dataset_dir`` into ``run_dir`` (resuming), merge, and return the summary.
 
-    ``info`` (see ``LabelJob.info``) is what the run computes; a run folder only takes one.
+    ``model`` is a ClearCLIP or a function that loads one. ``info`` (see ``LabelJob.info``) is what the
+    run computes; a run folder only takes one. The folder is locked for the whole call.
     """
-    dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
-    files = list_images(dataset_dir)
-    check_run_dir(run_dir, info)
-    stats = label_images(cc, dataset_dir, set_aside_collisions(run_dir, files), run_dir, config, progress=progress)
-    extra = {
-        "dataset": str(dataset_dir.resolve()),
-        "images_per_second": stats.labeled / stats.seconds if stats.seconds and stats.labeled else 0.0,
-        "last_invocation": {
-            "labeled": stats.labeled,
-            "skipped_as_done": stats.skipped,
-            "failed": len(stats.failures),
-            "seconds": round(stats.seconds, 3),
-            "device": str(cc.device),
-            "torch": torch.__version__,
-        },
-    }
-    return merge_run(run_dir, files, config.vocabulary, info, extra)
+    dataset_dir, folder = Path(dataset_dir), RunFolder(run_dir)
+    listing = scan_images(dataset_dir, exclude=(folder.root,))
+    if not listing.images:
+        raise ClearCLIPError(f"no images under {dataset_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, any case)")
+    with folder.lock(exclusive=True):
+        folder.prepare(info)
+        images, problems = folder.split_collisions(listing.images)
+        stats = label_images(model, dataset_dir, images, folder, config, progress=progress)
+        extra = {
+            "dataset": str(dataset_dir.resolve()),
+            "images_per_second": stats.labeled / stats.seconds if stats.seconds and stats.labeled else 0.0,
+            "last_invocation": {"labeled": stats.labeled, "skipped_as_done": stats.skipped,
+                                "failed": len(stats.failures), "seconds": round(stats.seconds, 3),
+                                "batch_size": stats.batch_size},
+        }
+        return merge_run(folder, images, config.vocabulary, info, extra, listing.problems + problems, exclusive=True)
+

@@ -1,31 +1,152 @@
-"""Flow ``label-dataset``: list a folder, cut it into shards, label every unfinished shard, merge.
+"""Flow ``label-dataset``: list a folder, cut the images that need work into shards, label them, merge.
 
-Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any worker of pool
-``gpu`` picks up; called directly (tests, one machine), shards run in this process.
+Which images need work is decided per image (new, changed, failed or unfinished), so a rerun after the
+dataset grew labels exactly the new images. Each shard's file list is written once into the run folder
+(``manifests/<key>.json``, keyed by its content) and its run receives the manifest's path.
+
+Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any worker of pool ``gpu``
+picks up; a shard run that ends FAILED or CRASHED (its worker died and its heartbeats stopped) is
+submitted again, up to ``max_attempts`` times. Called directly (tests, one machine), shards run here.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 
-from clearclip.images import list_images
-from clearclip.jobs import LabelJob, make_shards, read_shard_marker
-from clearclip.labeling import check_run_dir, merge_run, set_aside_collisions
+from clearclip.images import scan_images
+from clearclip.job import LabelJob, with_job_parameters
+from clearclip.merge import merge_run
+from clearclip.run_folder import DONE, RunFolder
 from flows.label_shard import label_shard
 
 SHARD_DEPLOYMENT = "label-shard/gpu"
+POLL_SECONDS = 3.0
+API_PAGE = 200  # the most flow runs one read returns (PREFECT_SERVER_API_DEFAULT_LIMIT)
 
 
 def default_out(dataset: str) -> str:
     """``workspace/runs/<dataset-name>-<timestamp>``."""
     return str(Path("workspace/runs") / f"{Path(dataset).resolve().name}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+@dataclass
+class Shard:
+    """A shard of the images that need work, and its runs so far."""
+
+    key: str
+    manifest: Path
+    size: int
+    run_id: UUID | None = None
+    attempts: int = 0
+    last_error: str = ""
+    finished: bool = False
+
+
+class Progress:
+    """The parent's progress artifact: images finished of the total, throughput and time left."""
+
+    def __init__(self, folder: RunFolder, shards: list[Shard]) -> None:
+        self.folder, self.shards, self.total = folder, shards, sum(s.size for s in shards)
+        self.start = time.monotonic()
+        self.artifact = create_progress_artifact(0.0 if self.total else 100.0, key="label-dataset-progress",
+                                                 description=f"0 of {self.total} images")
+
+    def finished_images(self) -> int:
+        count = 0
+        for shard in self.shards:
+            if shard.finished:
+                count += shard.size
+            else:
+                progress = self.folder.read_json(self.folder.progress_path(shard.key)) or {}
+                count += min(shard.size, int(progress.get("finished", 0)))
+        return count
+
+    def update(self) -> None:
+        done = self.finished_images()
+        seconds = time.monotonic() - self.start
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = f", about {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
+        update_progress_artifact(self.artifact, 100.0 * done / max(1, self.total),
+                                 description=f"{done} of {self.total} images, {rate:.2f} images/s{eta}")
+
+
+def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Shard]:
+    """Consecutive slices of the sorted names, each written as a manifest keyed by its content."""
+    names = sorted(names)
+    shards = []
+    for start in range(0, len(names), shard_size):
+        chunk = names[start : start + shard_size]
+        manifest = folder.write_manifest(chunk)
+        shards.append(Shard(manifest.stem, manifest, len(chunk)))
+    return shards
+
+
+def _submit(shard: Shard, job: LabelJob, dataset: str, out: str) -> None:
+    shard.attempts += 1
+    flow_run = run_deployment(
+        SHARD_DEPLOYMENT,
+        parameters={"job": job.to_dict(), "dataset": str(dataset), "manifest": str(shard.manifest), "out": str(out)},
+        timeout=0,
+        idempotency_key=f"{runtime.flow_run.id}-{shard.key}-{shard.attempts}",
+        flow_run_name=f"shard-{shard.key[:8]}-{shard.attempts}",
+    )
+    shard.run_id = flow_run.id
+
+
+def _read_states(client, ids: list[UUID]) -> dict[UUID, object]:
+    """The states of these flow runs: one filtered query per page of API_PAGE runs."""
+    states = {}
+    for start in range(0, len(ids), API_PAGE):
+        page = ids[start : start + API_PAGE]
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page))
+        states.update({run.id: run.state for run in runs})
+    return states
+
+
+def _run_shards_on_workers(shards: list[Shard], job: LabelJob, dataset: str, out: str, max_attempts: int,
+                           progress: Progress) -> list[Shard]:
+    """Submit every shard, resubmit the lost ones, wait; returns the shards lost after their last attempt."""
+    logger = get_run_logger()
+    for shard in shards:
+        _submit(shard, job, dataset, out)
+    lost: list[Shard] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            waiting = [s for s in shards if not s.finished and s not in lost]
+            if not waiting:
+                return lost
+            states = _read_states(client, [s.run_id for s in waiting])
+            for shard in waiting:
+                state = states.get(shard.run_id)
+                if state is None or not state.is_final():
+                    continue
+                if state.is_completed():
+                    shard.finished = True
+                    continue
+                shard.last_error = f"{state.name}: {state.message or 'no message'}"
+                if shard.attempts < max_attempts:
+                    logger.warning("shard %s (%s) ended %s; submitting it again (attempt %d of %d)", shard.key,
+                                   shard.manifest, shard.last_error, shard.attempts + 1, max_attempts)
+                    _submit(shard, job, dataset, out)
+                else:
+                    lost.append(shard)
+            progress.update()
+            time.sleep(POLL_SECONDS)
+
+
+def _resume_command(parameters: dict) -> str:
+    return f"prefect deployment run label-dataset/default --params '{json.dumps(parameters)}'"
 
 
 def summary_markdown(summary: dict) -> str:
@@ -38,7 +159,7 @@ def summary_markdown(summary: dict) -> str:
         f"| images labeled | {summary['images_labeled']} of {summary['images_listed']} |",
         f"| annotations | {summary['annotations']} |",
         f"| failures | {len(summary['failures'])} |",
-        f"| shards | {summary['shards']} |",
+        f"| shards labeled now | {summary['last_invocation']['shards']} |",
         f"| images/s | {summary['images_per_second']:.2f} |",
         "",
         "| class | annotations |",
@@ -51,119 +172,68 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _wait_for_shards(run_dir: str, flow_run_ids: dict[int, object], on_finished, poll_seconds: float = 3.0) -> list[int]:
-    """Wait until every shard is final or marked done; call ``on_finished`` for each; return failed shards.
-
-    A shard marked done counts as finished even while its own run is stuck (its worker died and a
-    later run of the deployment labeled it), so an orphaned parent still ends.
-    """
-    failed, waiting = [], dict(flow_run_ids)
-    with get_client(sync_client=True) as client:
-        while waiting:
-            for index, run_id in list(waiting.items()):
-                state = client.read_flow_run(run_id).state
-                marked = read_shard_marker(run_dir, index) is not None
-                if marked or (state is not None and state.is_final()):
-                    del waiting[index]
-                    if not marked:
-                        failed.append(index)
-                    on_finished()
-            if waiting:
-                time.sleep(poll_seconds)
-    return failed
-
-
 @flow(name="label-dataset", log_prints=True)
+@with_job_parameters
 def label_dataset(
     dataset: str,
-    classes: str | list[str],
     out: str | None = None,
-    model: str = "ViT-B-16",
-    pretrained: str | None = "openai",
-    variant: str = "clearclip",
-    device: str = "auto",
-    precision: str = "auto",
     shard_size: int = 500,
-    background_threshold: float = 0.0,
-    pixel_threshold: float = 0.0,
-    min_score: float = 0.0,
-    min_area: int = 0,
-    class_thresholds: str | None = None,
-    instances: str = "components",
-    batch_size: int = 4,
-    segment: dict | None = None,
+    max_attempts: int = 3,
     review: bool = False,
     fan_out: bool | None = None,
+    **job_values,
 ) -> dict:
     """Label every image under ``dataset`` into ``out`` (annotations.json, labels/, run.json).
 
-    ``classes`` is a class-file path or a list of class strings. Shards that finished in an
-    earlier run into the same ``out`` are skipped. ``fan_out`` (default: when running as a
-    deployment) sends each shard to deployment label-shard/gpu; otherwise shards run here.
-    ``review`` loads the result into FiftyOne at the end.
+    Every ``clearclip label`` option is a parameter (``classes`` is a class-file path or a list of class
+    strings). A shard run that fails or crashes is submitted again, up to ``max_attempts`` times.
+    ``fan_out`` (default: when running as a deployment) sends each shard to deployment label-shard/gpu;
+    otherwise shards run here. ``review`` loads the result into FiftyOne at the end.
     """
     logger = get_run_logger()
-    job = LabelJob(
-        classes, model=model, pretrained=pretrained, variant=variant, device=device, precision=precision,
-        background_threshold=background_threshold, pixel_threshold=pixel_threshold, min_score=min_score,
-        min_area=min_area, class_thresholds=class_thresholds, instances=instances, batch_size=batch_size,
-        segment=dict(segment or {}),
-    )
+    job = LabelJob(**job_values)
     config = job.label_config()
     info = job.info(config)
-    files = list_images(dataset)
-    run_dir = out or default_out(dataset)
-    check_run_dir(Path(run_dir), info)
-    shards = make_shards(set_aside_collisions(Path(run_dir), files), shard_size)
-    pending = [index for index in range(len(shards)) if read_shard_marker(run_dir, index) is None]
-    logger.info("%d images in %d shards; %d shards to label into %s", len(files), len(shards), len(pending), run_dir)
+    folder = RunFolder(out or default_out(dataset))
+    listing = scan_images(dataset, exclude=(folder.root,))
+    with folder.lock(exclusive=False):
+        folder.prepare(info)
+    images, collisions = folder.split_collisions(listing.images)
+    todo = [image.name for image in images if folder.state(image) != DONE]
+    shards = cut_shards(folder, todo, shard_size)
+    logger.info("%d images, %d to label in %d shards, into %s", len(images), len(todo), len(shards), folder.root)
 
-    finished = len(shards) - len(pending)
-    progress_id = create_progress_artifact(100.0 * finished / max(1, len(shards)), key="label-dataset-progress",
-                                           description=f"shards finished of {len(shards)}")
-
-    def shard_finished() -> None:
-        nonlocal finished
-        finished += 1
-        update_progress_artifact(progress_id, 100.0 * finished / len(shards))
-
+    progress = Progress(folder, shards)
     start = time.perf_counter()
     fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
     if fan_out:
-        runs = {}
-        for index in pending:
-            flow_run = run_deployment(
-                SHARD_DEPLOYMENT,
-                parameters={"job": job.to_dict(), "dataset": str(dataset), "files": shards[index], "out": str(run_dir),
-                            "shard_index": index},
-                timeout=0,
-                idempotency_key=f"{runtime.flow_run.id}-shard-{index}",
-                flow_run_name=f"shard-{index:04d}",
-            )
-            runs[index] = flow_run.id
-        failed = _wait_for_shards(str(run_dir), runs, shard_finished)
-        if failed:
-            raise RuntimeError(f"shards {failed} did not complete; rerun the deployment with the same out to resume")
+        lost = _run_shards_on_workers(shards, job, dataset, str(folder.root), max_attempts, progress)
+        if lost:
+            parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
+            details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"
+                                for s in lost)
+            raise RuntimeError(f"{details}. Images of other shards are kept; once the cause is fixed, resume with: "
+                               f"{_resume_command(parameters)}")
     else:
-        for index in pending:
-            label_shard(job.to_dict(), str(dataset), shards[index], str(run_dir), index)
-            shard_finished()
+        for shard in shards:
+            label_shard(job.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
+            shard.finished = True
+            progress.update()
     seconds = time.perf_counter() - start
 
-    markers = [read_shard_marker(run_dir, index) for index in range(len(shards))]
-    labeled_now = sum(m["labeled"] for m in markers if m and m["shard"] in pending)
+    labeled_now = sum((folder.read_json(folder.shard_marker_path(s.key)) or {}).get("labeled", 0) for s in shards)
     extra = {
-        "run_dir": str(run_dir),
+        "run_dir": str(folder.root),
         "dataset": str(Path(dataset).resolve()),
-        "shards": len(shards),
-        "shard_size": shard_size,
         "images_per_second": labeled_now / seconds if seconds and labeled_now else 0.0,
-        "last_invocation": {"shards_labeled": len(pending), "images_labeled": labeled_now, "seconds": round(seconds, 3)},
+        "last_invocation": {"shards": len(shards), "images_to_label": len(todo), "labeled": labeled_now,
+                            "seconds": round(seconds, 3), "shard_size": shard_size},
     }
-    summary = merge_run(run_dir, files, config.vocabulary, info, extra)
+    with folder.exclusive_if_free() as exclusive:
+        summary = merge_run(folder, images, config.vocabulary, info, extra, listing.problems + collisions, exclusive)
     create_markdown_artifact(summary_markdown(summary), key="label-dataset-summary", description="clearclip labeling run")
     if review:
         from clearclip.review import load_run
 
-        load_run(run_dir)
+        load_run(folder.root)
     return {k: v for k, v in summary.items() if k != "info"}

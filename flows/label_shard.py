@@ -1,62 +1,77 @@
-"""Flow ``label-shard``: label one shard of a dataset into a run folder, on whichever worker picks it up."""
+"""Flow ``label-shard``: label the files of one shard manifest into a run folder.
+
+Runs on whichever worker of pool ``gpu`` picks it up. Images already done in the run folder are
+skipped, so a shard that is submitted again after its worker died redoes only what was lost. The model
+is kept per process: a long-lived shard worker (``flows/shard_worker.py``) loads it once for all shards.
+"""
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import replace
+from pathlib import Path
 
-import torch
 from prefect import flow, get_run_logger
 
-from clearclip.jobs import LabelJob, read_shard_marker, write_shard_marker
-from clearclip.labeling import label_images
-from clearclip.predictor import ClearCLIP
+from clearclip.atomic import write_json
+from clearclip.job import LabelJob
+from clearclip.labeling import label_images, stat_images
+from clearclip.run_folder import RunFolder
+
+PROGRESS_EVERY_SECONDS = 2.0
 
 
-@functools.lru_cache(maxsize=2)
-def load_labeler(model: str, pretrained: str | None, variant: str, device: str, precision: str) -> ClearCLIP:
-    """The model, loaded once per process and reused by every shard that process labels."""
-    return ClearCLIP.from_pretrained(model, pretrained, device=device, precision=precision, variant=variant)
+@functools.lru_cache(maxsize=1)
+def _load_model(model: str, pretrained: str | None, variant: str, device: str, precision: str, compile: bool):
+    job = LabelJob(["unused"], model=model, pretrained=pretrained, variant=variant, device=device,
+                   precision=precision, compile=compile)
+    return job.load_model()
 
 
-@flow(name="label-shard", retries=2, retry_delay_seconds=10, log_prints=True)
-def label_shard(job: dict, dataset: str, files: list[str], out: str, shard_index: int) -> dict:
-    """Label ``files`` (relative to ``dataset``) into ``out``; then mark shard ``shard_index`` done.
+def cached_model(job: LabelJob):
+    """The job's model, loaded once per process and kept for the next shard that uses the same one."""
+    return _load_model(job.model, job.pretrained, job.variant, job.device, job.precision, job.compile)
 
-    Images already finished in ``out`` are skipped, so a retried or re-run shard resumes. On CUDA
-    out-of-memory the shard is retried with half the batch.
+
+class ProgressFile:
+    """``progress/<key>.json`` of a running shard: images finished so far, written every few seconds."""
+
+    def __init__(self, folder: RunFolder, key: str, total: int) -> None:
+        self.path, self.total, self.last = folder.progress_path(key), total, 0.0
+
+    def __call__(self, finished: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS or finished == self.total:
+            write_json(self.path, {"finished": finished, "total": self.total})
+            self.last = now
+
+
+@flow(name="label-shard", log_prints=True)
+def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
+    """Label the files listed in ``manifest`` (relative to ``dataset``) into the run folder ``out``.
+
+    Returns and writes ``shards/<key>.json``: images labeled, skipped as done, failed, seconds, batch size.
     """
     logger = get_run_logger()
-    done = read_shard_marker(out, shard_index)
-    if done is not None:
-        logger.info("shard %d already finished", shard_index)
-        return done
     spec = LabelJob(**job)
     config = spec.label_config()
-    cc = load_labeler(spec.model, spec.pretrained, spec.variant, spec.device, spec.precision)
+    folder = RunFolder(out)
+    key = Path(manifest).stem
+    names = folder.read_manifest(manifest)
     start = time.perf_counter()
-    batch_size = config.batch_size
-    while True:
-        try:
-            stats = label_images(cc, dataset, files, out, replace(config, batch_size=batch_size), progress=False)
-            break
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size = max(1, batch_size // 2)
-            torch.cuda.empty_cache()
-            logger.warning("CUDA out of memory on shard %d; retrying with batch size %d", shard_index, batch_size)
+    with folder.lock(exclusive=False):
+        stats = label_images(lambda: cached_model(spec), dataset, stat_images(dataset, names), folder, config,
+                             progress=False, on_progress=ProgressFile(folder, key, len(names)), log=logger.warning)
     record = {
-        "shard": shard_index,
-        "images": len(files),
+        "shard": key,
+        "images": len(names),
         "labeled": stats.labeled,
         "skipped_as_done": stats.skipped,
-        "failures": stats.failures,
+        "failed": len(stats.failures),
         "seconds": round(time.perf_counter() - start, 3),
-        "batch_size": batch_size,
-        "device": str(cc.device),
+        "batch_size": stats.batch_size,
     }
-    write_shard_marker(out, shard_index, record)
-    logger.info("shard %d: %d labeled, %d already done, %d failed", shard_index, stats.labeled, stats.skipped, len(stats.failures))
+    write_json(folder.shard_marker_path(key), record)
+    logger.info("shard %s: %d labeled, %d already done, %d failed", key, stats.labeled, stats.skipped,
+                len(stats.failures))
     return record

@@ -9,7 +9,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from clearclip.cli import main
-from clearclip.images import list_images, load_image
+from clearclip import ClearCLIP, Vocabulary
+from clearclip.images import load_image, scan_images
 from folders import write_hostile_folder
 
 CLASSES = ["background", "sky, air", "grass", "road", "tree"]
@@ -38,14 +39,16 @@ def labeled(hostile, tiny_model_name, tmp_path_factory):
 
 def test_images_are_found_recursively_in_any_case(hostile):
     root, expected = hostile
-    assert list_images(root) == sorted(expected["readable"] + list(expected["broken"]))
+    listing = scan_images(root)
+    assert listing.names == sorted(expected["readable"] + list(expected["broken"]))
+    assert listing.problems == []
 
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path):
     from clearclip import ClearCLIPError
 
     with pytest.raises(ClearCLIPError, match="does not exist or is not a folder"):
-        list_images(tmp_path / "nope")
+        scan_images(tmp_path / "nope")
 
 
 def test_hostile_images_decode_upright_rgb(hostile):
@@ -101,15 +104,18 @@ def test_annotations_load_in_pycocotools_and_match_label_maps(labeled, hostile):
             assert ann["area"] >= (120 if ann["category_id"] == 3 else 4)
 
 
-def test_pixel_threshold_unlabels_low_scores(hostile, tiny_model_name, tmp_path):
+def test_pixel_threshold_unlabels_exactly_the_pixels_below_it(hostile, tiny_model_name, tmp_path):
     root, _ = hostile
-    runs = {}
-    for threshold in ("0", "0.99"):
-        out = tmp_path / threshold
-        assert main(["label", str(root), "--out", str(out), "--model", tiny_model_name, "--workers", "0",
-                     *[a for c in CLASSES for a in ("--class", c)], "--pixel-threshold", threshold, *SMALL]) == 0
-        runs[threshold] = np.asarray(Image.open(out / "labels" / "plain.png"))
-    assert (runs["0"] > 0).any() and (runs["0.99"] == 0).all()
+    cc = ClearCLIP.from_pretrained(tiny_model_name, device="cpu")
+    seg = cc.segment(load_image(root / "plain.jpg"), Vocabulary.from_strings(CLASSES), short_side=32, crop=32, stride=16)
+    threshold = float(np.median(seg.scores))
+    assert main(["label", str(root), "--out", str(tmp_path), "--model", tiny_model_name, "--workers", "0",
+                 *[a for c in CLASSES for a in ("--class", c)], "--pixel-threshold", str(threshold), *SMALL]) == 0
+    label_map = np.asarray(Image.open(tmp_path / "labels" / "plain.png"))
+    # category id = class index with a background class; 0 below the threshold
+    expected = np.where(seg.scores >= np.float32(threshold), seg.labels, 0)
+    assert np.array_equal(label_map, expected)
+    assert 0 < (label_map == 0).mean() < 1
 
 
 def test_semantic_mode_gives_one_annotation_per_class_per_image(hostile, tiny_model_name, tmp_path):

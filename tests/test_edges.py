@@ -1,0 +1,201 @@
+"""`clearclip label` against a hostile world: broken run folders, changed datasets, full disks, a second run,
+Ctrl-C. Each case is one clear line and a run that goes on where it can."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import clearclip.labeling as labeling
+from clearclip.cli import main
+from clearclip.run_folder import RunFolder
+from folders import smooth_image, write_plain_folder
+
+CLASSES = ["background", "sky", "grass"]
+
+
+def label_args(data, out, model, *extra):
+    return ["label", str(data), "--out", str(out), "--model", model, "--device", "cpu", "--quiet", "--workers", "0",
+            "--short-side", "32", "--crop", "32", "--stride", "16", *[a for c in CLASSES for a in ("--class", c)], *extra]
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    write_plain_folder(root, 4, size=(40, 52))
+    return root
+
+
+@pytest.fixture
+def reference(data, tmp_path, tiny_model_name):
+    out = tmp_path / "reference"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    return out
+
+
+def labeled_now(out):
+    return json.loads((out / "run.json").read_text())["last_invocation"]["labeled"]
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"{}", b"", b'{"file": "a/img_000.png", "status": "done"}'])
+def test_an_unreadable_record_means_not_done(data, reference, tmp_path, tiny_model_name, damage):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    RunFolder(out).record_path("a/img_000.png").write_bytes(damage)
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert labeled_now(out) == 1
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+def test_a_deleted_label_map_is_made_again(data, reference, tmp_path, tiny_model_name):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    (out / "labels" / "b" / "img_001.png").unlink()
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert labeled_now(out) == 1 and (out / "labels" / "b" / "img_001.png").is_file()
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+def test_replaced_and_deleted_images(data, tmp_path, tiny_model_name):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    Image.fromarray(smooth_image(60, 30, 42)).save(data / "a" / "img_000.png")  # other size and content
+    (data / "b" / "img_001.png").unlink()
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["last_invocation"]["labeled"] == 1 and summary["removed_records_of_deleted_images"] == 1
+    document = json.loads((out / "annotations.json").read_text())
+    assert {i["file_name"]: (i["width"], i["height"]) for i in document["images"]}["a/img_000.png"] == (30, 60)
+    assert "b/img_001.png" not in {i["file_name"] for i in document["images"]}
+    assert not (out / "labels" / "b" / "img_001.png").exists() and not RunFolder(out).record_path("b/img_001.png").exists()
+    fresh = tmp_path / "fresh"
+    assert main(label_args(data, fresh, tiny_model_name)) == 0
+    assert (out / "annotations.json").read_bytes() == (fresh / "annotations.json").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["garbage", "[1, 2]", ""])
+def test_a_broken_config_is_one_line(data, tmp_path, tiny_model_name, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(content)
+    assert main(label_args(data, out, tiny_model_name)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clearclip: error:") and "is not a clearclip run config" in err and "delete it" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_bad_options_write_nothing_and_a_run_without_results_takes_new_settings(data, tmp_path, tiny_model_name):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(label_args(data, out, tiny_model_name, "--stride", "0"))
+    assert not out.exists()
+    bad = tmp_path / "thresholds.yaml"
+    bad.write_text("sky: {min_score: high}")
+    assert main(label_args(data, out, tiny_model_name, "--class-thresholds", str(bad))) == 2
+    assert not out.exists()
+    # a folder whose settings were recorded but that holds no result yet takes other settings
+    RunFolder(out).prepare({"vocabulary": ["other"]})
+    assert main(label_args(data, out, tiny_model_name)) == 0
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(data, tmp_path, tiny_model_name, capsys):
+    out = tmp_path / "run"
+    with RunFolder(out).lock(exclusive=True):
+        assert main(label_args(data, out, tiny_model_name)) == 1
+    err = capsys.readouterr().err
+    assert "in use by another clearclip run" in err and len(err.strip().splitlines()) == 1
+    assert main(label_args(data, out, tiny_model_name)) == 0
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_resumes(data, reference, tmp_path, tiny_model_name, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_save = labeling.save_label_png
+    written = []
+
+    def save_until_full(labels, path):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        real_save(labels, path)
+
+    monkeypatch.setattr(labeling, "save_label_png", save_until_full)
+    assert main(label_args(data, out, tiny_model_name, "--batch-size", "1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left on the device of" in err and str(out) in err
+    assert "MB more for the 2 images left" in err and "rerun the same command" in err
+    monkeypatch.setattr(labeling, "save_label_png", real_save)
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+def test_out_inside_the_dataset_never_labels_its_own_outputs(data, tmp_path, tiny_model_name):
+    out = data / "runs" / "mine"
+    for _ in range(2):
+        assert main(label_args(data, out, tiny_model_name)) == 0
+        assert json.loads((out / "run.json").read_text())["images_listed"] == 4
+
+
+def test_a_non_utf8_file_name_fails_alone(data, tmp_path, tiny_model_name):
+    Image.fromarray(smooth_image(40, 52, 5)).save(data / os.fsdecode(b"caf\xe9.png"))
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["images_labeled"] == 4
+    assert summary["failures"] == [{"file": "caf\\xe9.png", "error": "file name is not valid UTF-8; rename it"}]
+
+
+def test_outputs_get_the_normal_file_mode(data, tmp_path, tiny_model_name):
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert main(label_args(data, out, tiny_model_name)) == 0
+    finally:
+        os.umask(previous)
+    files = [out / "annotations.json", out / "run.json", out / "config.json", out / "labels" / "a" / "img_000.png",
+             RunFolder(out).record_path("a/img_000.png")]
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
+
+
+def test_a_run_folder_keeps_one_precision(data, tmp_path, tiny_model_name, capsys):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    (out / "precision.json").write_text('{"precision": "fp16"}')  # as if a GPU labeled it first
+    (out / "labels" / "a" / "img_000.png").unlink()
+    assert main(label_args(data, out, tiny_model_name)) == 2
+    assert "computed in fp16, and this labeler computes in fp32" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_decoding_prints_one_line(tiny_model_name, tmp_path):
+    data = tmp_path / "data"
+    write_plain_folder(data, 40, size=(96, 128))
+    command = [sys.executable, "-m", "clearclip", *label_args(data, tmp_path / "run", tiny_model_name)]
+    command[command.index("--workers") + 1] = "1"
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run" / "records").rglob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal does: the whole group, decode worker included
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip() == "clearclip: interrupted", err
+
+
+def test_random_weights_are_the_same_every_time():
+    import torch
+
+    from clearclip.model import load_model
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("ViT-S-32", None).model.state_dict()
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
+    second = load_model("ViT-S-32", None).model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
