@@ -1,34 +1,56 @@
-"""Export: reviewed FiftyOne labels back to COCO JSON with the run's categories and compressed RLE masks."""
+"""Export: reviewed FiftyOne labels back to COCO JSON with the run's categories and compressed RLE masks.
+
+Samples stream from the database into the COCO writer, so an export holds one sample at a time.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
-from .coco import SCORE_DIGITS, encode_rle
+from .coco import CocoWriter, SCORE_DIGITS, encode_rle_in_box
 from .errors import ClearCLIPError
-from .review import PRED_FIELD
+from .review import NOT_IN_RUN_TAG, PRED_FIELD
 
 
-def detection_mask(detection, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Full-size boolean mask of a detection (its instance mask, or its filled box) and its top-left corner."""
+def detection_mask(detection, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """A detection's mask inside its box, clipped to the image, and the box's top-left corner.
+
+    The instance mask is scaled to its box as FiftyOne's ``Detection.to_segmentation`` scales it, so a box
+    resized in the App carries its mask along; box corners are rounded to the nearest pixel (FiftyOne
+    truncates, which moves some unedited masks by a pixel). A detection without a mask fills its box.
+    """
+    import eta.core.image as etai
+
     bx, by, bw, bh = detection.bounding_box
     x, y = int(round(bx * width)), int(round(by * height))
-    w, h = max(1, int(round(bw * width))), max(1, int(round(bh * height)))
-    full = np.zeros((height, width), dtype=bool)
-    crop = detection.get_mask() if hasattr(detection, "get_mask") else detection.mask
-    if crop is None:
-        full[y : y + h, x : x + w] = True
+    w = max(1, int(round((bx + bw) * width)) - x)
+    h = max(1, int(round((by + bh) * height)) - y)
+    mask = detection.get_mask() if detection.has_mask else None
+    if mask is None:
+        mask = np.ones((h, w), bool)
     else:
-        crop = np.asarray(crop).astype(bool)
-        if crop.ndim == 3:
-            crop = crop[:, :, 0]
-        region = full[y : y + crop.shape[0], x : x + crop.shape[1]]
-        region |= crop[: region.shape[0], : region.shape[1]]
-    return full, (x, y)
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[:, :, 0]
+        if mask.shape != (h, w):
+            mask = etai.resize(mask.astype(np.uint8), width=w, height=h)
+        mask = mask.astype(bool)
+    top, left = max(0, -y), max(0, -x)
+    mask = mask[top : max(top, height - y), left : max(left, width - x)]
+    return mask, x + left, y + top
+
+
+def _output_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise ClearCLIPError(f"{out} is a folder; give a file name such as {out / 'reviewed.json'}")
+    if not out.parent.is_dir():
+        raise ClearCLIPError(f"the folder of {out} does not exist; create it first")
+    return out
 
 
 def export_coco(
@@ -36,16 +58,17 @@ def export_coco(
     out: str | Path,
     field: str = PRED_FIELD,
     tags: Sequence[str] | None = None,
-    exclude_tags: Sequence[str] = ("rejected",),
-) -> dict:
-    """Write the labels of ``field`` as COCO JSON; returns the document.
+    exclude_tags: Sequence[str] = ("rejected", NOT_IN_RUN_TAG),
+) -> tuple[int, int]:
+    """Write the labels of ``field`` as COCO JSON; returns (images, annotations) written.
 
-    Categories keep the run's ids and names (a label renamed to a new name gets the next id);
-    samples tagged with any of ``exclude_tags`` are left out; with ``tags``, only samples with one of them.
+    Image ids are the run's (``coco_image_id``); annotation ids run from 1 in image order. Categories keep
+    the run's ids and names (a label renamed to a new name gets the next id). Samples tagged with any of
+    ``exclude_tags`` are left out; with ``tags``, only samples with one of them are kept.
     """
     import fiftyone as fo
-    from pycocotools import mask as mask_utils
 
+    out = _output_path(out)
     if not fo.dataset_exists(dataset_name):
         raise ClearCLIPError(f"no FiftyOne dataset named '{dataset_name}'; known: {', '.join(fo.list_datasets())}")
     dataset = fo.load_dataset(dataset_name)
@@ -60,50 +83,39 @@ def export_coco(
         view = view.match_tags(list(tags))
     if exclude_tags:
         view = view.match_tags(list(exclude_tags), bool=False)
-    view = view.sort_by("coco_image_id") if dataset.has_sample_field("coco_image_id") else view
+    has_ids = dataset.has_sample_field("coco_image_id")
+    view = view.sort_by("coco_image_id") if has_ids else view
 
-    images, annotations, pending = [], [], []
-    used_ids: set[int] = set()
-    for sample in view.select_fields([field, "coco_image_id", "file_name", "metadata"]):
-        if sample.metadata is None or sample.metadata.width is None:
-            sample.compute_metadata()
-        width, height = sample.metadata.width, sample.metadata.height
-        image_id = sample["coco_image_id"] if sample.has_field("coco_image_id") and sample["coco_image_id"] else len(images) + 1
-        file_name = sample["file_name"] if sample.has_field("file_name") and sample["file_name"] else Path(sample.filepath).name
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        labels = sample[field]
-        for detection in (labels.detections if labels is not None else []):
-            if detection.label not in category_ids:
-                category_ids[detection.label] = max(category_ids.values(), default=0) + 1
-                categories.append({"id": category_ids[detection.label], "name": detection.label, "supercategory": ""})
-            mask, _ = detection_mask(detection, width, height)
-            rle = encode_rle(mask)
-            annotation = {
-                "image_id": image_id,
-                "category_id": category_ids[detection.label],
-                "segmentation": rle,
-                "area": int(mask.sum()),
-                "bbox": [int(v) for v in mask_utils.toBbox(rle)],
-                "iscrowd": 0,
-            }
-            if detection.confidence is not None:
-                annotation["score"] = round(float(detection.confidence), SCORE_DIGITS)
-            coco_id = detection.get_field("coco_id") if detection.has_field("coco_id") else None
-            if coco_id is not None and coco_id not in used_ids:
-                used_ids.add(coco_id)
-                annotations.append({"id": coco_id, **annotation})
-            else:
-                pending.append(annotation)
-    next_id = max(used_ids, default=0) + 1
-    for annotation in pending:  # detections added in review get fresh ids after the run's
-        annotations.append({"id": next_id, **annotation})
-        next_id += 1
-    annotations.sort(key=lambda a: a["id"])
-    document = {
-        "info": {**run.get("info", {}), "exported_from": dataset_name, "field": field},
-        "images": images,
-        "categories": categories,
-        "annotations": annotations,
-    }
-    write_json(out, document)
-    return document
+    info = {**run.get("info", {}), "exported_from": dataset_name, "field": field}
+    with CocoWriter(out, info, categories) as coco:
+        for sample in view.select_fields([field, "file_name", "metadata"] + (["coco_image_id"] if has_ids else [])):
+            if sample.metadata is None or sample.metadata.width is None:
+                sample.compute_metadata()
+            width, height = sample.metadata.width, sample.metadata.height
+            labels = sample[field]
+            lines = []
+            for detection in labels.detections if labels is not None else []:
+                if detection.label not in category_ids:
+                    category_ids[detection.label] = max(category_ids.values(), default=0) + 1
+                    categories.append({"id": category_ids[detection.label], "name": detection.label, "supercategory": ""})
+                mask, x, y = detection_mask(detection, width, height)
+                area = int(np.count_nonzero(mask))
+                if area == 0:
+                    continue
+                rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+                top, left = int(np.argmax(rows)), int(np.argmax(cols))
+                bottom, right = len(rows) - int(np.argmax(rows[::-1])), len(cols) - int(np.argmax(cols[::-1]))
+                annotation = {
+                    "category_id": category_ids[detection.label],
+                    "segmentation": encode_rle_in_box(mask, x, y, height, width),
+                    "area": area,
+                    "bbox": [x + left, y + top, right - left, bottom - top],
+                    "iscrowd": 0,
+                }
+                if detection.confidence is not None:
+                    annotation["score"] = round(float(detection.confidence), SCORE_DIGITS)
+                lines.append(json.dumps(annotation, ensure_ascii=False))
+            file_name = sample["file_name"] if sample.has_field("file_name") and sample["file_name"] else Path(sample.filepath).name
+            image_id = sample["coco_image_id"] if has_ids and sample["coco_image_id"] else None
+            coco.add_image(file_name, width, height, lines, image_id=image_id)
+    return coco.images, coco.annotations

@@ -1,27 +1,47 @@
-"""FiftyOne review and COCO export against a real FiftyOne database (temporary FIFTYONE_DATABASE_DIR)."""
+"""FiftyOne review and COCO export against a real FiftyOne database (temporary FIFTYONE_DATABASE_DIR).
+
+Masks are checked against pycocotools' own decoding, evaluation against pycocotools' COCOeval, and
+mask placement against FiftyOne's Detection.to_segmentation: never against our own inverse."""
 
 import json
+import shutil
+import subprocess
+import sys
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from clearclip.cli import main
-from clearclip.coco import decode_rle
-from clearclip.export import detection_mask, export_coco
-from clearclip.review import LEAST_CONFIDENT_VIEW, load_run
-from folders import write_plain_folder
+from clearclip.export import export_coco
+from clearclip.review import LEAST_CONFIDENT_VIEW, NOT_IN_RUN_TAG, PRED_FIELD, RUN_CHANGED_TAG, RUN_FIELD, \
+    default_dataset_name, load_run
+from folders import smooth_image, write_plain_folder
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_name):
-    root = tmp_path_factory.mktemp("review-data")
-    write_plain_folder(root, 5, size=(48, 64))
-    out = tmp_path_factory.mktemp("review-run")
-    assert main(["label", str(root), "--out", str(out), "--model", tiny_model_name, "--device", "cpu", "--quiet",
+def label(root, out, model):
+    assert main(["label", str(root), "--out", str(out), "--model", model, "--device", "cpu", "--quiet",
                  "--workers", "0", "--short-side", "48", "--crop", "32", "--stride", "16", "--min-area", "3",
                  *[a for c in CLASSES for a in ("--class", c)]]) == 0
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review-data")
+    write_plain_folder(root, 5, size=(48, 64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_name, data_dir):
+    out = tmp_path_factory.mktemp("review-run")
+    label(data_dir, out, tiny_model_name)
     return out
 
 
@@ -30,99 +50,291 @@ def annotations(run_dir):
     return json.loads((run_dir / "annotations.json").read_text())
 
 
-def comparable(document):
-    return sorted((a["id"], a["image_id"], a["category_id"], a["segmentation"]["counts"], tuple(a["segmentation"]["size"]),
-                   a["area"], tuple(a["bbox"]), a["score"]) for a in document["annotations"])
+def content(document, image_ids=None):
+    """Annotations without their ids, per image file name, in order."""
+    files = {i["id"]: i["file_name"] for i in document["images"]}
+    result = {}
+    for a in document["annotations"]:
+        if image_ids is None or a["image_id"] in image_ids:
+            result.setdefault(files[a["image_id"]], []).append(
+                (a["category_id"], a["segmentation"]["counts"], tuple(a["segmentation"]["size"]), a["area"],
+                 tuple(a["bbox"]), a.get("score")))
+    return result
 
 
 def test_load_run_matches_annotations(run_dir, annotations):
-    dataset = load_run(run_dir, name="review-load")
+    dataset, report = load_run(run_dir, name="review-load")
     assert dataset.persistent and len(dataset) == len(annotations["images"])
-    assert dataset.count("pseudo_labels.detections") == len(annotations["annotations"]) > 5
-    by_id = {a["id"]: a for a in annotations["annotations"]}
+    assert f"{len(annotations['images'])} added" in report
+    assert dataset.count(f"{PRED_FIELD}.detections") == len(annotations["annotations"]) > 5
     names = {c["id"]: c["name"] for c in annotations["categories"]}
+    by_image = {}
+    for a in annotations["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
     for sample in dataset:
-        detections = sample.pseudo_labels.detections
-        scores = []
-        for detection in detections:
-            annotation = by_id[detection["coco_id"]]
-            assert detection.label == names[annotation["category_id"]]
-            assert detection.confidence == annotation["score"]
-            mask, _ = detection_mask(detection, sample.metadata.width, sample.metadata.height)
-            assert np.array_equal(mask, decode_rle(annotation["segmentation"]))
-            scores.append(annotation["score"])
-        if scores:
-            assert sample.min_confidence == min(scores)
-            assert sample.mean_confidence == pytest.approx(np.mean(scores))
+        own = by_image.get(sample.coco_image_id, [])
+        for field in (PRED_FIELD, RUN_FIELD):
+            detections = sample[field].detections
+            assert [d["run_index"] for d in detections] == list(range(len(own)))
+            for detection, annotation in zip(detections, own):
+                x, y, w, h = annotation["bbox"]
+                expected = mask_utils.decode(annotation["segmentation"]).astype(bool)[y : y + h, x : x + w]
+                assert detection.label == names[annotation["category_id"]]
+                assert detection.confidence == annotation["score"]
+                assert np.array_equal(detection.mask, expected)
+                W, H = sample.metadata.width, sample.metadata.height
+                assert detection.bounding_box == pytest.approx([x / W, y / H, w / W, h / H])
+        if own:
+            assert sample.min_confidence == min(a["score"] for a in own)
         assert sample.pseudo_segmentation.get_mask().shape == (sample.metadata.height, sample.metadata.width)
+    assert dataset.get_field(RUN_FIELD).read_only
     assert dataset.mask_targets["pseudo_segmentation"][0] == "background"
-    view = dataset.load_saved_view(LEAST_CONFIDENT_VIEW)
-    values = [v for v in view.values("min_confidence") if v is not None]
+    values = [v for v in dataset.load_saved_view(LEAST_CONFIDENT_VIEW).values("min_confidence") if v is not None]
     assert values == sorted(values)
 
 
-def test_reloading_updates_instead_of_duplicating(run_dir, annotations):
-    dataset = load_run(run_dir, name="review-reload")
-    first = dataset.first()
-    first.tags.append("checked")
-    expected = first["min_confidence"]
-    first["min_confidence"] = 2.0
-    first["pseudo_labels"] = None
-    first.save()
-    dataset = load_run(run_dir, name="review-reload")
-    assert len(dataset) == len(annotations["images"])
-    assert dataset.count("pseudo_labels.detections") == len(annotations["annotations"])  # refreshed from the run
-    assert dataset[first.id]["min_confidence"] == expected
-    assert dataset.count_sample_tags() == {"checked": 1}
+def test_dataset_name_is_unique_per_run_folder(tmp_path):
+    a, b = tmp_path / "a" / "sample", tmp_path / "b" / "sample"
+    assert default_dataset_name(a) != default_dataset_name(b)
+    assert default_dataset_name(a) == default_dataset_name(tmp_path / "a" / ".." / "a" / "sample")
+    assert default_dataset_name(a).startswith("clearclip-sample-")
+
+
+def edit(dataset):
+    """A reviewer's work: delete one detection, relabel another, tag a sample; returns what to look for."""
+    sample = [s for s in dataset.sort_by("coco_image_id") if len(s[PRED_FIELD].detections) >= 2][0]
+    detections = sample[PRED_FIELD].detections
+    deleted = detections[0]["run_index"]
+    relabeled = detections[1]
+    new_name = "road" if relabeled.label != "road" else "sky"
+    sample[PRED_FIELD].detections = detections[1:]
+    sample[PRED_FIELD].detections[0].label = new_name
+    sample.tags.append("checked")
+    sample.save()
+    return sample, deleted, relabeled["run_index"], new_name
+
+
+def test_rerun_keeps_the_reviewers_edits(tmp_path, tiny_model_name, data_dir):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    run = tmp_path / "run"
+    label(data, run, tiny_model_name)
+    dataset, _ = load_run(run, name="review-rerun")
+    sample, deleted, relabeled, new_name = edit(dataset)
+
+    dataset, report = load_run(run, name="review-rerun")  # the command that relaunches the App
+    again = dataset[sample.id]
+    assert [d["run_index"] for d in again[PRED_FIELD].detections][0] == relabeled
+    assert deleted not in [d["run_index"] for d in again[PRED_FIELD].detections]
+    assert again[PRED_FIELD].detections[0].label == new_name and "checked" in again.tags
+    assert len(again[RUN_FIELD].detections) == len(again[PRED_FIELD].detections) + 1
+    assert "5 unchanged" in report
+
+    # the dataset grows and every image changes: the edited sample keeps its edits and is flagged,
+    # untouched samples take the new labels, the new image is added
+    for path in data.rglob("*.png"):
+        Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(path))[::-1])).save(path)
+    Image.fromarray(smooth_image(48, 64, 99)).save(data / "a" / "img_000b.png")
+    label(data, run, tiny_model_name)
+    dataset, report = load_run(run, name="review-rerun")
+    assert len(dataset) == 6 and "1 added" in report
+    again = dataset[sample.id]
+    assert again[PRED_FIELD].detections[0].label == new_name and RUN_CHANGED_TAG in again.tags
+    document = json.loads((run / "annotations.json").read_text())
+    fresh = content(document)
+    for other in dataset.match_tags(RUN_CHANGED_TAG, bool=False):
+        got = [(d.label, d.confidence) for d in other[PRED_FIELD].detections]
+        names = {c["id"]: c["name"] for c in document["categories"]}
+        assert got == [(names[a[0]], a[5]) for a in fresh.get(other.file_name, [])]
+    ids = {i["file_name"]: i["id"] for i in document["images"]}
+    assert all(s.coco_image_id == ids[s.file_name] for s in dataset)  # ids moved when the dataset grew
 
 
 def test_export_without_edits_equals_the_run(run_dir, annotations, tmp_path):
     load_run(run_dir, name="review-export")
-    exported = export_coco("review-export", tmp_path / "export.json")
+    assert export_coco("review-export", tmp_path / "export.json") == (len(annotations["images"]),
+                                                                       len(annotations["annotations"]))
+    exported = json.loads((tmp_path / "export.json").read_text())
     assert exported["images"] == annotations["images"]
     assert [(c["id"], c["name"]) for c in exported["categories"]] == [(c["id"], c["name"]) for c in annotations["categories"]]
-    assert comparable(exported) == comparable(annotations)
-    assert json.loads((tmp_path / "export.json").read_text()) == exported
+    assert content(exported) == content(annotations)
+    assert [a["id"] for a in exported["annotations"]] == list(range(1, len(exported["annotations"]) + 1))
 
 
 def test_export_reflects_deletes_relabels_and_rejections(run_dir, annotations, tmp_path):
-    dataset = load_run(run_dir, name="review-edit")
-    samples = [s for s in dataset.sort_by("coco_image_id") if len(s.pseudo_labels.detections) >= 2]
-    sample = samples[0]
-    deleted = sample.pseudo_labels.detections[0]["coco_id"]
-    relabeled = sample.pseudo_labels.detections[1]
-    new_name = "road" if relabeled.label != "road" else "sky"
-    sample.pseudo_labels.detections = sample.pseudo_labels.detections[1:]
-    sample.pseudo_labels.detections[0].label = new_name
-    sample.save()
+    dataset, _ = load_run(run_dir, name="review-edit")
+    sample, deleted, relabeled, new_name = edit(dataset)
     rejected = [s for s in dataset if s.id != sample.id][0]
     rejected.tags.append("rejected")
     rejected.save()
 
     assert main(["export", "review-edit", "--out", str(tmp_path / "edited.json")]) == 0
     exported = json.loads((tmp_path / "edited.json").read_text())
-    ids = {a["id"]: a for a in exported["annotations"]}
-    assert deleted not in ids
     names = {c["id"]: c["name"] for c in exported["categories"]}
-    assert names[ids[relabeled["coco_id"]]["category_id"]] == new_name
+    original = content(annotations)[sample.file_name]
+    edited = content(exported)[sample.file_name]
+    assert len(edited) == len(original) - 1
+    assert names[edited[0][0]] == new_name and edited[0][1:] == original[relabeled][1:]
     assert rejected.coco_image_id not in {i["id"] for i in exported["images"]}
-    assert all(a["image_id"] != rejected.coco_image_id for a in exported["annotations"])
-    assert all(isinstance(a["segmentation"]["counts"], str) for a in exported["annotations"])
-    untouched = [a for a in annotations["annotations"] if a["image_id"] not in (sample.coco_image_id, rejected.coco_image_id)]
-    assert comparable({"annotations": untouched}) == comparable(
-        {"annotations": [a for a in exported["annotations"] if a["image_id"] != sample.coco_image_id]})
+    untouched = {i["id"] for i in annotations["images"]} - {sample.coco_image_id, rejected.coco_image_id}
+    assert content(exported, untouched) == content(annotations, untouched)
 
 
-def test_ground_truth_and_evaluation(run_dir, annotations):
-    dataset = load_run(run_dir, name="review-gt", gt=run_dir / "annotations.json")
-    assert dataset.count("ground_truth.detections") == len(annotations["annotations"])
-    assert dataset.sum("eval_tp") == len(annotations["annotations"]) and dataset.sum("eval_fp") == 0
+def test_export_places_a_resized_box_like_fiftyone(run_dir, tmp_path):
+    dataset, _ = load_run(run_dir, name="review-resized")
+    sample = dataset.match({"file_name": "a/img_000.png"}).first()  # 64x48: these box corners are exact pixels
+    detection = sample[PRED_FIELD].detections[0]
+    detection.bounding_box = [0.125, 0.25, 0.75, 0.5]  # a reviewer drags the box to another size
+    sample.save()
+    sample.tags.append("only")
+    sample.save()
+    export_coco("review-resized", tmp_path / "out.json", tags=["only"])
+    exported = json.loads((tmp_path / "out.json").read_text())["annotations"][0]
+    frame = (sample.metadata.width, sample.metadata.height)
+    expected = detection.to_segmentation(frame_size=frame, target=1).mask.astype(bool)
+    assert np.array_equal(mask_utils.decode(exported["segmentation"]).astype(bool), expected)
+    assert exported["area"] == int(expected.sum())
 
-    seg = load_run(run_dir, name="review-gt-seg", gt=run_dir / "labels")
-    assert "eval_seg" in seg.list_evaluations()
-    assert seg.mean("eval_seg_accuracy") == pytest.approx(1.0)
+
+def polygon_of(mask):
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def test_review_of_an_unfinished_run_is_a_clear_error(tmp_path, capsys):
-    assert main(["review", str(tmp_path), "--no-launch"]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE: run lengths of the column-major pixels, starting with a run of zeros."""
+    flat = mask.T.ravel().astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [0]])))
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return counts[:-1] if counts[-1] == 0 else counts
+
+
+def ground_truth(annotations):
+    """Standard COCO ground truth written independently of the run: polygons for half of the predicted
+    regions of each image, and one crowd region (uncompressed RLE) over every region of one class."""
+    images = [{**i, "id": i["id"] + 100} for i in annotations["images"]]
+    gt = []
+    for image in annotations["images"]:
+        own = [a for a in annotations["annotations"] if a["image_id"] == image["id"]]
+        crowd_class = max({a["category_id"] for a in own}, key=lambda c: sum(a["category_id"] == c for a in own),
+                          default=None)
+        crowd = np.zeros((image["height"], image["width"]), bool)
+        for k, a in enumerate(own):
+            mask = mask_utils.decode(a["segmentation"]).astype(bool)
+            if a["category_id"] == crowd_class:
+                crowd |= mask
+            elif k % 2 == 0 and a["area"] >= 20 and polygon_of(mask):
+                gt.append({"image_id": image["id"] + 100, "category_id": a["category_id"], "iscrowd": 0,
+                           "segmentation": polygon_of(mask), "bbox": a["bbox"], "area": a["area"]})
+        if crowd.any():
+            rows, cols = np.flatnonzero(crowd.any(axis=1)), np.flatnonzero(crowd.any(axis=0))
+            gt.append({"image_id": image["id"] + 100, "category_id": crowd_class, "iscrowd": 1,
+                       "segmentation": {"size": [image["height"], image["width"]], "counts": uncompressed_rle(crowd)},
+                       "bbox": [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)],
+                       "area": int(crowd.sum())})
+    for index, a in enumerate(gt, start=1):
+        a["id"] = index
+    categories = [{"id": c["id"], "name": c["name"]} for c in annotations["categories"]]
+    return {"images": images, "annotations": gt, "categories": categories}
+
+
+def test_coco_ground_truth_with_polygons_and_crowds_agrees_with_pycocotools(run_dir, annotations, tmp_path):
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(ground_truth(annotations)))
+    dataset, report = load_run(run_dir, name="review-gt", gt=gt_path)
+    assert "TP" in report and "AP50" in report
+    gt_count = sum(len(s.ground_truth.detections) for s in dataset)
+    assert gt_count == len(json.loads(gt_path.read_text())["annotations"])
+    assert all(d.mask is not None and d.mask.any() for s in dataset for d in s.ground_truth.detections)
+    assert any(d["iscrowd"] == 1 for s in dataset for d in s.ground_truth.detections)
+
+    coco_gt = COCO(str(gt_path))
+    results = [{**a, "image_id": a["image_id"] + 100} for a in annotations["annotations"]]
+    evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="segm")
+    evaluator.params.maxDets = [1, 10, 1000]
+    evaluator.evaluate()
+    false_positive, ignored = set(), set()
+    for record in evaluator.evalImgs:
+        if record is None or record["aRng"] != [0, 1e10]:
+            continue
+        for dt_id, matched, ignore in zip(record["dtIds"], record["dtMatches"][0], record["dtIgnore"][0]):
+            if ignore:
+                ignored.add(dt_id)
+            elif not matched:
+                false_positive.add(dt_id)
+    ids_by_image = {}
+    for a in annotations["annotations"]:
+        ids_by_image.setdefault(a["image_id"], []).append(a["id"])
+    ours = {"fp": set(), "tp": set(), "crowd": set()}
+    for sample in dataset:
+        for d in sample[PRED_FIELD].detections:
+            ours[d["eval"]].add(ids_by_image[sample.coco_image_id][d["run_index"]])
+        assert sample.eval_fp == sum(d["eval"] == "fp" for d in sample[PRED_FIELD].detections)
+    assert ignored, "the crowd region should swallow several predictions"
+    assert ours["fp"] == false_positive and ours["crowd"] == ignored
+    assert f"FP {len(false_positive)}," in report
+
+
+def test_ground_truth_label_maps(run_dir, annotations, tmp_path):
+    gt = tmp_path / "gt"
+    agree = counted = 0
+    for path in (run_dir / "labels").rglob("*.png"):
+        target = gt / path.relative_to(run_dir / "labels")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pred = np.asarray(Image.open(path))
+        label_map = pred.copy()
+        label_map[:4] = np.where(label_map[:4] == 1, 2, 1)  # the top 4 rows disagree everywhere
+        Image.fromarray(label_map).save(target)
+        scored = (label_map != 0) | (pred != 0)  # FiftyOne leaves out pixels both call background
+        agree += int((label_map == pred)[scored].sum())
+        counted += int(scored.sum())
+    dataset, report = load_run(run_dir, name="review-gt-seg", gt=gt)
+    assert "eval_seg" in dataset.list_evaluations()
+    assert f"accuracy {agree / counted:.4f}" in report and agree < counted
+
+
+def test_review_and_export_start_without_torch(run_dir, tmp_path):
+    script = ("import sys\nfrom clearclip.cli import main\n"
+              f"assert main(['review', {str(run_dir)!r}, '--name', 'no-torch', '--no-launch']) == 0\n"
+              f"assert main(['export', 'no-torch', '--out', {str(tmp_path / 'e.json')!r}]) == 0\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("unfinished", "not a finished run"),
+    ("corrupt", "is not valid JSON"),
+])
+def test_review_of_a_broken_run_is_one_line(run_dir, tmp_path, capsys, problem, message):
+    run = tmp_path / "run"
+    if problem == "corrupt":
+        shutil.copytree(run_dir, run)
+        (run / "annotations.json").write_text('{"info": {}, "images": [{"id": 1, "file_')
+    else:
+        run.mkdir()
+    assert main(["review", str(run), "--no-launch"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("target,message", [("folder", "is a folder"), ("missing", "does not exist"),
+                                            ("proc", "clearclip: error:")])
+def test_export_to_a_bad_place_is_one_line(run_dir, tmp_path, capsys, target, message):
+    load_run(run_dir, name="review-bad-export")
+    out = {"folder": tmp_path, "missing": tmp_path / "nope" / "x.json", "proc": "/proc/clearclip.json"}[target]
+    assert main(["export", "review-bad-export", "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_images_that_left_the_run_are_tagged(tmp_path, tiny_model_name, data_dir):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    run = tmp_path / "run"
+    label(data, run, tiny_model_name)
+    load_run(run, name="review-left")
+    (data / "a" / "img_000.png").unlink()
+    label(data, run, tiny_model_name)
+    dataset, _ = load_run(run, name="review-left")
+    assert dataset.match_tags(NOT_IN_RUN_TAG).values("file_name") == ["a/img_000.png"]
