@@ -56,6 +56,7 @@ class LabelStats:
     seconds: float = 0.0
     batch_size: int = 0  # images per forward pass at the end (smaller after CUDA out-of-memory)
     bytes_written: int = 0
+    model_seconds: float = 0.0  # loading the model, when this call loaded it
 
 
 def stat_images(root: str | Path, names: Sequence[str]) -> list[ImageFile]:
@@ -183,7 +184,11 @@ def label_images(
     stats = LabelStats(skipped=len(images) - len(todo), batch_size=config.batch_size)
     if not todo:
         return stats
-    cc = model if hasattr(model, "segment_prepared") else model()
+    if not hasattr(model, "segment_prepared"):
+        loading = time.perf_counter()
+        model = model()
+        stats.model_seconds = time.perf_counter() - loading
+    cc = model
     folder.claim_precision(cc.precision)
     segment = _Segmenter(cc, config, log)
     workers = config.workers()

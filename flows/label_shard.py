@@ -50,7 +50,8 @@ class ProgressFile:
 def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
     """Label the files listed in ``manifest`` (relative to ``dataset``) into the run folder ``out``.
 
-    Returns and writes ``shards/<key>.json``: images labeled, skipped as done, failed, seconds, batch size.
+    Returns and writes ``shards/<key>.json``: images labeled, skipped as done, failed, seconds (of which
+    loading the model), batch size.
     """
     logger = get_run_logger()
     spec = LabelJob(**job)
@@ -69,6 +70,7 @@ def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
         "skipped_as_done": stats.skipped,
         "failed": len(stats.failures),
         "seconds": round(time.perf_counter() - start, 3),
+        "model_seconds": round(stats.model_seconds, 3),  # 0 when this process had the model loaded already
         "batch_size": stats.batch_size,
     }
     write_json(folder.shard_marker_path(key), record)

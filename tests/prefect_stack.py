@@ -1,13 +1,14 @@
-"""A real local Prefect server with process workers, for end-to-end tests; everything stops on exit."""
+"""The stack the README starts (`scripts/serve`: Prefect server, deployments, crash detection, workers), on a
+free port, for end-to-end tests; shard workers can be added with their own environment."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from processes import free_port, kill_tree
@@ -21,34 +22,37 @@ with get_client(sync_client=True) as client:
     flows = {f.id: f.name for f in client.read_flows()}
     runs = client.read_flow_runs()
     print(json.dumps([{"id": str(r.id), "name": r.name, "flow": flows.get(r.flow_id), "state": r.state_type.value,
-                       "parameters": r.parameters} for r in runs]))
+                       "message": r.state.message if r.state else None, "parameters": r.parameters,
+                       "created": r.created.isoformat()} for r in runs]))
 """
 
 
-class PrefectStack:
-    """``with PrefectStack(tmp) as stack``: server on a free port, pool ``gpu``, deployments of prefect.yaml."""
+class ServeStack:
+    """``with ServeStack(home, shard_workers=0) as stack``: scripts/serve on a free port, stopped with Ctrl-C."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, shard_workers: int = 0, heartbeat_seconds: int = 30) -> None:
         self.home = home
         self.port = free_port()
         self.env = {
             **os.environ,
             "PREFECT_HOME": str(home),
+            "PORT": str(self.port),
+            "SHARD_WORKERS": str(shard_workers),
+            "HEARTBEAT_SECONDS": str(heartbeat_seconds),
             "PREFECT_API_URL": f"http://127.0.0.1:{self.port}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "PWD": str(ROOT),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds),
         }
-        self.server: subprocess.Popen | None = None
+        self.serve: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        self.output = home / "serve.out"
 
-    def __enter__(self) -> "PrefectStack":
+    def __enter__(self) -> "ServeStack":
         self.home.mkdir(parents=True, exist_ok=True)
+        self.serve = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=self.env,
+                                      stdout=open(self.output, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            self.server = self._spawn(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], "server")
-            self._wait_healthy()
-            self.cli("work-pool", "create", "gpu", "--type", "process")
-            self.cli("--no-prompt", "deploy", "--all")
+            self.wait_until(lambda: "logs in" in self.output.read_text(), 240, "scripts/serve to start")
         except BaseException:
             self.stop()
             raise
@@ -57,21 +61,14 @@ class PrefectStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.home / f"{log_name}.log", "ab")
-        return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def _wait_healthy(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"prefect server exited; see {self.home / 'server.log'}")
-            try:
-                urllib.request.urlopen(f"{self.env['PREFECT_API_URL']}/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError("prefect server did not become healthy")
+    def start_shard_worker(self, name: str, **env: str) -> subprocess.Popen:
+        log = open(self.home / f"worker-{name}.log", "ab")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flows.shard_worker", "--pool", "gpu", "--queue", "shards", "--name", name],
+            cwd=ROOT, env={**self.env, "PREFECT_WORKER_QUERY_SECONDS": "2", **env}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(worker)
+        return worker
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(["prefect", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=180)
@@ -79,16 +76,8 @@ class PrefectStack:
             raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
 
-    def start_worker(self, queue: str, name: str, limit: int | None = None) -> subprocess.Popen:
-        limit_args = ["--limit", str(limit)] if limit else []
-        worker = self._spawn(["prefect", "worker", "start", "--pool", "gpu", "--work-queue", queue, *limit_args,
-                              "--name", name], f"worker-{name}")
-        self.workers.append(worker)
-        return worker
-
     def run_deployment(self, name: str, parameters: dict) -> None:
-        args = [a for key, value in parameters.items() for a in ("-p", f"{key}={json.dumps(value)}")]
-        self.cli("deployment", "run", name, *args)
+        self.cli("deployment", "run", name, "--params", json.dumps(parameters))
 
     def flow_runs(self) -> list[dict]:
         result = subprocess.run([sys.executable, "-c", FLOW_RUNS_SCRIPT], env=self.env, capture_output=True, text=True,
@@ -104,11 +93,21 @@ class PrefectStack:
             if value:
                 return value
             time.sleep(poll)
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("*.log")))
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.home.rglob("*.log")) + [self.output])
         raise TimeoutError(f"timed out waiting for {what}\n{logs}")
 
+    def interrupt(self, timeout: float = 90) -> str:
+        """Ctrl-C, as a terminal sends it to scripts/serve's process group; returns what it printed."""
+        os.killpg(self.serve.pid, signal.SIGINT)
+        self.serve.wait(timeout=timeout)
+        return self.output.read_text()
+
     def stop(self) -> None:
-        for worker in self.workers:  # workers before the server
-            kill_tree(worker, sig_kill=False)
-        if self.server is not None:
-            kill_tree(self.server, sig_kill=False)
+        for worker in self.workers:
+            kill_tree(worker)
+        if self.serve is not None and self.serve.poll() is None:
+            try:
+                self.interrupt()
+            except Exception:
+                kill_tree(self.serve)

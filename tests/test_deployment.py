@@ -1,69 +1,104 @@
-"""End to end: a real Prefect server, process workers on pool `gpu`, `prefect deploy --all`, and
-`prefect deployment run label-dataset/default`; then a shard worker killed with SIGKILL mid-shard."""
+"""End to end, as the README runs it: `scripts/serve` (a real Prefect server, pool `gpu`, the deployments, the
+crash-detection automation), long-lived shard workers, and `prefect deployment run label-dataset/default`.
+
+A worker dies mid-shard (SIGKILL, from the labeler's own hook, so the moment is deterministic): its run stops
+sending heartbeats, the automation marks it CRASHED, the parent submits the shard again and another worker
+finishes it, with nobody doing anything. A shard that fails on every attempt fails the parent with a message
+that says how to resume. Ctrl-C stops everything scripts/serve started."""
 
 import json
-import time
+import socket
 
-from pycocotools.coco import COCO
+import pytest
 
+from clearclip.cli import main
+from clearclip.labeling import KILL_AFTER_VARIABLE
 from folders import write_plain_folder
-from prefect_stack import PrefectStack
-from processes import kill_tree
+from prefect_stack import ServeStack
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]
+SETTINGS = {"short_side": 96, "crop": 32, "stride": 16, "min_area": 2, "batch_size": 1, "workers": 0}
 
 
-def parameters(folder, out, model):
-    # many small windows make each image take about a second, so a shard can be caught half done
+def parameters(folder, out, model, **extra):
     return {"dataset": str(folder), "classes": CLASSES, "out": str(out), "model": model, "device": "cpu",
-            "shard_size": 4, "batch_size": 1, "min_area": 2, "segment": {"short_side": 448, "crop": 32, "stride": 8}}
+            "shard_size": 4, **SETTINGS, **extra}
 
 
-def completed_parent(stack, out):
-    if not (out / "run.json").exists():  # cheap check first: asking the API means starting a Python process
-        return []
-    runs = [r for r in stack.flow_runs() if r["flow"] == "label-dataset" and r["parameters"].get("out") == str(out)]
-    return [r for r in runs if r["state"] == "COMPLETED"]
+def parent_runs(stack, out):
+    return [r for r in stack.flow_runs() if r["flow"] == "label-dataset" and r["parameters"].get("out") == str(out)]
 
 
-def test_deployment_run_then_worker_killed_mid_shard(tiny_model_name, tmp_path):
-    folder = tmp_path / "data"
-    files = write_plain_folder(folder, 12, size=(96, 128))
-    with PrefectStack(tmp_path / "prefect") as stack:
-        stack.start_worker("orchestrator", "orchestrator")
-        shard_worker = stack.start_worker("shards", "cpu-1", limit=1)
+def final_parent(stack, out):
+    runs = [r for r in parent_runs(stack, out) if r["state"] in ("COMPLETED", "FAILED", "CRASHED")]
+    return runs[-1] if runs else None
 
-        # 1. an uninterrupted run through the deployments
-        reference = tmp_path / "reference"
-        stack.run_deployment("label-dataset/default", parameters(folder, reference, tiny_model_name))
-        stack.wait_until(lambda: completed_parent(stack, reference), 300, "label-dataset to complete", poll=3)
-        shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(reference)]
-        assert len(shard_runs) == 3 and all(r["state"] == "COMPLETED" for r in shard_runs)
-        coco = COCO(str(reference / "annotations.json"))
-        assert len(coco.dataset["images"]) == len(files) and coco.dataset["annotations"]
 
-        # 2. the shard worker dies (SIGKILL, with its flow-run process) while a shard is half done
-        out = tmp_path / "killed"
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deployment-data")
+    write_plain_folder(root, 12, size=(72, 96))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory, tiny_model_name):
+    out = tmp_path_factory.mktemp("deployment-reference")
+    args = [a for key, value in SETTINGS.items() for a in (f"--{key.replace('_', '-')}", str(value))]
+    assert main(["label", str(folder), "--out", str(out), "--model", tiny_model_name, "--device", "cpu", "--quiet",
+                 *[a for c in CLASSES for a in ("--class", c)], *args]) == 0
+    return out
+
+
+def test_a_dead_worker_never_stalls_a_run(folder, reference, tiny_model_name, tmp_path):
+    with ServeStack(tmp_path / "prefect") as stack:
+        out = tmp_path / "run"
+        doomed = stack.start_shard_worker("doomed", **{KILL_AFTER_VARIABLE: "2"})  # SIGKILLs itself mid-shard
         stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
+        stack.wait_until(lambda: doomed.poll() is not None, 240, "the doomed worker to die mid-shard")
+        assert doomed.returncode == -9
+        assert 2 <= len(list((out / "records").rglob("*.json"))) < 12
+        stack.start_shard_worker("survivor")
 
-        def half_done():
-            parts = len(list((out / "parts").rglob("*.json"))) if (out / "parts").exists() else 0
-            markers = len(list((out / "shards").glob("*.json"))) if (out / "shards").exists() else 0
-            if parts == len(files):
-                raise AssertionError("every image finished before the worker could be killed")
-            return parts > 4 * markers  # a shard has started but not finished
-
-        stack.wait_until(half_done, 300, "a shard to be half done", poll=0.05)
-        kill_tree(shard_worker)
-        markers = len(list((out / "shards").glob("*.json")))
-        assert markers < 3
-
-        # 3. a new worker, a rerun of the deployment into the same folder
-        stack.start_worker("shards", "cpu-2", limit=1)
-        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
-        stack.wait_until(lambda: completed_parent(stack, out), 300, "the rerun to complete", poll=3)
-        time.sleep(1)
+        # heartbeats every 30 s; crashed after 3 missed (90 s); then the shard runs again: no one steps in
+        parent = stack.wait_until(lambda: final_parent(stack, out), 90 + 60 + 90, "the parent run to finish", poll=3)
+        assert parent["state"] == "COMPLETED", parent["message"]
+        shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(out)]
+        crashed = [r for r in shard_runs if r["state"] == "CRASHED"]
+        assert len(crashed) == 1 and "no heartbeat" in crashed[0]["message"]
+        assert sum(r["state"] == "COMPLETED" for r in shard_runs) == 3
+        resubmitted = [r for r in shard_runs if r["parameters"]["manifest"] == crashed[0]["parameters"]["manifest"]]
+        assert len(resubmitted) == 2
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
-        run = json.loads((out / "run.json").read_text())
-        assert run["shards"] == 3 and run["images_labeled"] == len(files)
-        assert sorted(p.name for p in (out / "shards").glob("*.json")) == ["000000.json", "000001.json", "000002.json"]
+        survivor_log = (tmp_path / "prefect" / "worker-survivor.log").read_text()
+        assert survivor_log.count("Finished in state Completed") >= 2  # the survivor took more than one shard
+
+        printed = stack.interrupt()
+    assert printed.rstrip().endswith("stopped the workers and the Prefect server")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", stack.port), timeout=2)
+
+
+def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folder, reference, tiny_model_name,
+                                                                        tmp_path):
+    with ServeStack(tmp_path / "prefect") as stack:
+        out = tmp_path / "run"
+        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, max_attempts=2))
+        manifests = stack.wait_until(lambda: sorted((out / "manifests").glob("*.json")) if out.exists() else [],
+                                     120, "the shard manifests")
+        lost = manifests[0]
+        lost.unlink()  # the cause: every run of this shard fails to read its files
+        stack.start_shard_worker("only")
+        parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
+        assert parent["state"] == "FAILED"
+        message = parent["message"]
+        assert f"shard {lost.stem} (files: {lost}) failed 2 times" in message
+        assert "cannot read shard manifest" in message
+        assert "prefect deployment run label-dataset/default --params" in message and str(out) in message
+
+        # the cause removed (the rerun writes its manifests again), the same command completes the run
+        resume = json.loads(message.split("--params '")[1].rsplit("'", 1)[0])
+        stack.run_deployment("label-dataset/default", resume)
+        stack.wait_until(lambda: len([r for r in parent_runs(stack, out) if r["state"] == "COMPLETED"]) == 1, 240,
+                         "the resumed run to complete", poll=3)
+        assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
