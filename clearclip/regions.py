@@ -132,6 +132,18 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return count, labels, stats
 
 
+def _component_sums(labels: np.ndarray, scores: np.ndarray, count: int, band_pixels: int = 1 << 20) -> np.ndarray:
+    """Sum of ``scores`` per label 0..count-1, in row bands: bincount's float64 copy of the weights stays
+    one band. Float32 scores of at least 2^-8 (a softmax maximum over at most 256 queries) add up exactly in
+    float64 over up to 4 million pixels, so summing band by band gives the same bits as one pass."""
+    rows = max(1, band_pixels // max(1, labels.shape[1]))
+    sums = np.zeros(count, np.float64)
+    for start in range(0, labels.shape[0], rows):
+        sums += np.bincount(labels[start : start + rows].ravel(), weights=scores[start : start + rows].ravel(),
+                            minlength=count)
+    return sums
+
+
 def extract_regions(
     categories: np.ndarray, scores: np.ndarray, vocabulary: Vocabulary, region_filter: RegionFilter
 ) -> list[Region]:
@@ -154,7 +166,7 @@ def extract_regions(
             stats = np.array([[0, 0, 0, 0, 0], [0, 0, inside.shape[1], inside.shape[0], np.count_nonzero(inside)]])
         else:
             count, labels, stats = _components(inside)
-        sums = np.bincount(labels.ravel(), weights=box_scores.ravel(), minlength=count)
+        sums = _component_sums(labels, box_scores, count)
         for k in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[k])
             score = float(sums[k] / area)
