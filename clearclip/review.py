@@ -237,16 +237,16 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
                 sample_id = existing.pop(filepath, None)
                 if sample_id is None:
                     values = _sample_values(image, annotations, classes_map, folder)
-                    editable = _editable_copy(values[RUN_FIELD])
+                    # both fields start as the same labels (what FiftyOne's clone_sample_field stores, ids included)
                     new_samples.append(fo.Sample(filepath=filepath, **values, **{
-                        PRED_FIELD: editable, WRITTEN_HASH_FIELD: detections_hash(editable)}))
+                        PRED_FIELD: values[RUN_FIELD], WRITTEN_HASH_FIELD: detections_hash(values[RUN_FIELD])}))
                     continue
                 image_ids[sample_id] = image["id"]
                 if run_hashes.get(sample_id) != annotations_hash(annotations):
                     changed[sample_id] = (image, annotations)
             if new_samples:
-                with _writable(dataset, RUN_FIELD):
-                    dataset.add_samples(new_samples, progress=False)
+                with _writable(dataset, RUN_FIELD):  # values from our own parser: FiftyOne's validation is redundant
+                    dataset.add_samples(new_samples, validate=False, progress=False)
                 counts["added"] += len(new_samples)
             if image_ids:
                 dataset.set_values("coco_image_id", image_ids, key_field="id")
