@@ -69,12 +69,11 @@ def categories(vocabulary: Vocabulary) -> list[dict]:
     ]
 
 
-def region_annotation(region: Region, vocabulary: Vocabulary, height: int, width: int) -> dict:
+def region_annotation(region: Region, vocabulary: Vocabulary) -> dict:
     """A COCO annotation without ``id`` and ``image_id`` (those are given when the run is merged)."""
-    x, y, _, _ = region.bbox
     return {
         "category_id": vocabulary.category_ids()[region.class_index],
-        "segmentation": encode_rle_in_box(region.mask, x, y, height, width),
+        "segmentation": region.rle,
         "area": region.area,
         "bbox": [int(v) for v in region.bbox],
         "iscrowd": 0,

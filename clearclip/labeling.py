@@ -107,7 +107,7 @@ def finish_image(folder: RunFolder, image: ImageFile, segmentation: Segmentation
     save_label_png(categories, label_path)
     height, width = categories.shape
     regions = extract_regions(categories, segmentation.scores, config.vocabulary, config.region_filter)
-    annotations = [region_annotation(region, config.vocabulary, height, width) for region in regions]
+    annotations = [region_annotation(region, config.vocabulary) for region in regions]
     folder.write_record(image, width, height, annotations, precision)
     return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
 

@@ -1,8 +1,5 @@
 """From a segmentation to filtered regions: the pixel threshold, then connected regions per class,
-then the region filters (mean score, area), with per-class overrides.
-
-Memory stays at the label map plus small buffers: each class is searched inside its own bounding box,
-and each region keeps its mask inside its own box.
+then the region filters (mean score, area), with per-class overrides, and each region's COCO RLE.
 """
 
 from __future__ import annotations
@@ -13,9 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-from scipy import ndimage
+from pycocotools import mask as mask_utils
 
 from .errors import ClearCLIPError
 from .vocabulary import Vocabulary
@@ -103,13 +99,19 @@ def load_class_thresholds(path: str | Path, default: Thresholds, vocabulary: Voc
 
 @dataclass
 class Region:
-    """One pseudo-annotation: a class, its mask inside its box, the box (x, y, w, h), mean score and area."""
+    """One pseudo-annotation: a class, its box (x, y, w, h), mean score, area and the COCO RLE of its mask
+    (compressed, ``counts`` a string, over the whole image)."""
 
     class_index: int
-    mask: np.ndarray  # (h, w) bool, the box's pixels that belong to the region
     bbox: tuple[int, int, int, int]
     score: float
     area: int
+    rle: dict
+
+    def mask_in_box(self) -> np.ndarray:
+        """The region's boolean mask inside its box (the way FiftyOne stores instance masks)."""
+        x, y, w, h = self.bbox
+        return mask_utils.decode(self.rle).astype(bool)[y : y + h, x : x + w]
 
 
 def category_map(segmentation: Segmentation, vocabulary: Vocabulary, region_filter: RegionFilter) -> np.ndarray:
@@ -123,55 +125,121 @@ def category_map(segmentation: Segmentation, vocabulary: Vocabulary, region_filt
     return result
 
 
-def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """8-connected components of a boolean mask, numbered in raster order of their first pixel (as
-    ``scipy.ndimage.label`` numbers them; OpenCV's other algorithms number them differently)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        mask.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_WU
-    )
-    return count, labels, stats
+def _row_runs(categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal values along each row, in raster order: (start, end) as flat indices, and value."""
+    width = categories.shape[1]
+    flat = categories.ravel()
+    change = np.empty(flat.size, bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::width] = True
+    starts = np.flatnonzero(change)
+    return starts, np.append(starts[1:], flat.size), flat[starts]
 
 
-def _component_sums(labels: np.ndarray, scores: np.ndarray, count: int, band_pixels: int = 1 << 20) -> np.ndarray:
-    """Sum of ``scores`` per label 0..count-1, in row bands: bincount's float64 copy of the weights stays
-    one band. Float32 scores of at least 2^-8 (a softmax maximum over at most 256 queries) add up exactly in
-    float64 over up to 4 million pixels, so summing band by band gives the same bits as one pass."""
-    rows = max(1, band_pixels // max(1, labels.shape[1]))
-    sums = np.zeros(count, np.float64)
-    for start in range(0, labels.shape[0], rows):
-        sums += np.bincount(labels[start : start + rows].ravel(), weights=scores[start : start + rows].ravel(),
-                            minlength=count)
+def _join_runs(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Component of each run: runs of one non-zero value that touch between adjacent rows (8-connectivity,
+    diagonals included) are one region. Components are numbered in raster order of their first pixel."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows = starts // width
+    first_col, end_col = starts - rows * width, ends - rows * width
+    key_first, key_end = rows * (width + 1) + first_col, rows * (width + 1) + end_col
+    above = np.flatnonzero((rows < height - 1) & (values != 0))
+    next_row = (rows[above] + 1) * (width + 1)
+    lo = np.searchsorted(key_end, next_row + first_col[above], "left")  # first run below that reaches x0 - 1
+    hi = np.searchsorted(key_first, next_row + end_col[above], "right")  # past the last that starts by x1
+    touching = hi - lo
+    i = np.repeat(above, touching)
+    j = np.repeat(lo - np.cumsum(touching) + touching, touching) + np.arange(touching.sum())
+    same = values[i] == values[j]
+    graph = coo_matrix((np.ones(int(same.sum()), np.int8), (i[same], j[same])), shape=(len(starts), len(starts)))
+    return connected_components(graph, directed=False)[1]
+
+
+def _run_sums(scores: np.ndarray, starts: np.ndarray, band_pixels: int = 1 << 21) -> np.ndarray:
+    """Sum of the scores of each run, in float64, a band of rows at a time (runs never cross rows)."""
+    flat = scores.ravel()
+    sums = np.empty(len(starts), np.float64)
+    band = max(1, band_pixels // scores.shape[1]) * scores.shape[1]
+    for begin in range(0, flat.size, band):
+        inside = slice(*np.searchsorted(starts, [begin, begin + band]))
+        sums[inside] = np.add.reduceat(flat[begin : begin + band].astype(np.float64), starts[inside] - begin)
     return sums
+
+
+def _column_run_lengths(components: np.ndarray, wanted: np.ndarray) -> dict[int, list[int]]:
+    """Uncompressed COCO RLE counts (column-major, from a run of zeros) of each wanted component."""
+    sequence = components.T.ravel()
+    change = np.empty(sequence.size, bool)
+    change[0] = True
+    np.not_equal(sequence[1:], sequence[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=sequence.size)
+    owners = sequence[starts]
+    chosen = np.flatnonzero(np.isin(owners, wanted))
+    chosen = chosen[np.argsort(owners[chosen], kind="stable")]
+    owners, starts, lengths = owners[chosen], starts[chosen], lengths[chosen]
+    ends = starts + lengths
+    first = np.flatnonzero(np.diff(owners, prepend=-1))
+    previous_end = np.concatenate(([0], ends[:-1]))
+    previous_end[first] = 0
+    counts = np.empty(2 * len(starts), np.int64)
+    counts[0::2], counts[1::2] = starts - previous_end, lengths
+    result = {}
+    for index, (begin, stop) in enumerate(zip(first, np.append(first[1:], len(starts)))):
+        tail = sequence.size - int(ends[stop - 1])
+        result[int(owners[begin])] = counts[2 * begin : 2 * stop].tolist() + ([tail] if tail else [])
+    return result
 
 
 def extract_regions(
     categories: np.ndarray, scores: np.ndarray, vocabulary: Vocabulary, region_filter: RegionFilter
 ) -> list[Region]:
     """Regions of a category map that pass the filters, ordered by class, then by their first pixel in
-    row-major order. ``scores`` is the segmentation's per-pixel probability."""
-    class_of_category = {cid: i for i, cid in enumerate(vocabulary.category_ids()) if cid is not None}
-    image_pixels = categories.size
+    row-major order. ``scores`` is the segmentation's per-pixel probability.
+
+    One pass over the map finds every region of every class (8-connected runs), with area, score sum
+    and box; one pass over its transpose gives every kept region's RLE. Memory stays a few copies of
+    the map, whatever the number of regions.
+    """
+    height, width = categories.shape
+    starts, ends, values = _row_runs(categories)
+    if region_filter.instances == "semantic":
+        component_of_run = values.astype(np.int64)
+    else:
+        component_of_run = _join_runs(starts, ends, values, width, height)
+    order = np.argsort(component_of_run, kind="stable")
+    group = np.flatnonzero(np.diff(component_of_run[order], prepend=-1))
+    first_run = order[group]  # runs are in raster order, so a component's lowest run holds its first pixel
+    components = component_of_run[first_run]
+    category = values[first_run]
+    area = np.add.reduceat((ends - starts)[order], group)
+    score = np.add.reduceat(_run_sums(scores, starts)[order], group) / area
+    rows = starts // width
+    top, bottom = np.minimum.reduceat(rows[order], group), np.maximum.reduceat(rows[order], group) + 1
+    left = np.minimum.reduceat((starts - rows * width)[order], group)
+    right = np.maximum.reduceat((ends - rows * width)[order], group)
+
+    class_of_category = np.zeros(max(vocabulary.category_ids(), key=lambda c: c or 0) + 1, np.int64)
+    for index, cid in enumerate(vocabulary.category_ids()):
+        if cid is not None:
+            class_of_category[cid] = index
+    thresholds = [region_filter.for_class(name) for name in vocabulary.names]
+    min_pixels = np.array([t.min_pixels(categories.size) for t in thresholds])
+    min_score = np.array([t.min_score for t in thresholds])
+    classes = class_of_category[category]
+    kept = np.flatnonzero((category != 0) & (area >= min_pixels[classes]) & (score >= min_score[classes]))
+    kept = kept[np.lexsort((first_run[kept], classes[kept]))]
+    if not len(kept):
+        return []
+    painted = np.repeat(component_of_run, ends - starts).reshape(height, width)
+    counts = _column_run_lengths(painted, components[kept])
     regions = []
-    for index, box in enumerate(ndimage.find_objects(categories)):
-        if box is None:
-            continue
-        class_index = class_of_category[index + 1]
-        thresholds = region_filter.for_class(vocabulary.names[class_index])
-        min_pixels = thresholds.min_pixels(image_pixels)
-        inside = categories[box] == index + 1
-        box_scores = scores[box]
-        rows, cols = box
-        if region_filter.instances == "semantic":
-            count, labels = 2, inside.view(np.uint8)  # the class's box is its one region's box
-            stats = np.array([[0, 0, 0, 0, 0], [0, 0, inside.shape[1], inside.shape[0], np.count_nonzero(inside)]])
-        else:
-            count, labels, stats = _components(inside)
-        sums = _component_sums(labels, box_scores, count)
-        for k in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[k])
-            score = float(sums[k] / area)
-            if area < min_pixels or score < thresholds.min_score:
-                continue
-            mask = labels[y : y + h, x : x + w] == k
-            regions.append(Region(class_index, mask, (cols.start + x, rows.start + y, w, h), score, area))
+    for k in kept:
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts[int(components[k])]}, height, width)
+        rle["counts"] = rle["counts"].decode("ascii")
+        box = (int(left[k]), int(top[k]), int(right[k] - left[k]), int(bottom[k] - top[k]))
+        regions.append(Region(int(classes[k]), box, float(score[k]), int(area[k]), rle))
     return regions
