@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from clearclip import ClearCLIP, SegmentSettings
 from clearclip.evaluation import BENCHMARKS
-from clearclip.segmentation import prepare_image
+from clearclip.segmentation import model_input
 from clearclip.text import DEFAULT_TEMPLATES, encode_names
 
 
@@ -79,8 +79,7 @@ def baseline_forward_feature(visual, img, text, patch):
 
 def baseline_segment(visual, image, text, query_idx, mean, std, crop=448, stride=224, prob_thd=0.0, logit_scale=50.0,
                      device="cpu", autocast=None):
-    prepared = prepare_image(image, SegmentSettings(), mean, std)  # same resize and normalisation as ours
-    img = prepared.pixels[None].to(device)
+    img = model_input(torch.from_numpy(image), SegmentSettings(), mean, std)[None].to(device)  # as ours
     patch = visual.patch_size[0]
     batch_size, _, h_img, w_img = img.shape
     num_queries = text.shape[0]

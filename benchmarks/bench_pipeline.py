@@ -1,74 +1,209 @@
-"""Pipeline overhead: end-to-end ``clearclip label`` images/s against model-only images/s on the same images.
+"""Can the host keep up with the model? Host cost per image, finishing throughput per core, model-only against
+end-to-end images/s, and a run beside a CPU-bound neighbour.
 
-Model-only decodes and prepares every image up front, then times ``segment_prepared`` alone.
-End-to-end times ``label_folder`` (DataLoader decoding, inference, connected components, RLE, PNG and
-JSON writing, merge) on the same folder of JPEGs. Both use a random-weight ViT-B/16.
+1. Host cost per VOC-size image, CPU ms by step, on label maps and scores stored from a real labeler run
+   (ViT-B-16 random weights, 500x375, the 21 VOC classes): decode, host-side prepare, finish (label map PNG,
+   regions, RLE, record). Resize and normalisation run on the model's device, so they are model work.
+2. Finishing throughput: the same stored maps through 1 finishing process, then through all the cores.
+3. Model-only (decoded images, ``segment_categories`` alone) against ``clearclip label`` end to end.
+4. ``clearclip label`` of small images idle, then beside a process that keeps one core busy.
 
     python benchmarks/bench_pipeline.py --quick
+    python benchmarks/bench_pipeline.py --device cuda      # bf16, batch sizes 8..64, share of GPU time in the model
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import open_clip
-import torch
-from PIL import Image
+from clearclip.threads import available_cores, sleep_when_waiting
 
-from clearclip import ClearCLIP
-from clearclip.evaluation import BENCHMARKS
-from clearclip.images import list_images, load_image
-from clearclip.jobs import LabelJob
-from clearclip.labeling import label_folder
+sleep_when_waiting()  # as the CLI does, before torch loads
+
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clearclip import ClearCLIP  # noqa: E402
+from clearclip.evaluation import BENCHMARKS  # noqa: E402
+from clearclip.finish import Finishers, finish_maps  # noqa: E402
+from clearclip.images import ImageFile, load_image, scan_images  # noqa: E402
+from clearclip.job import LabelJob  # noqa: E402
+from clearclip.labeling import label_folder  # noqa: E402
+from clearclip.run_folder import RunFolder  # noqa: E402
+from clearclip.segmentation import prepare_image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import synthetic_images  # noqa: E402
 
 
+def cpu_ms(function, repeat: int) -> float:
+    """CPU milliseconds of one call (this process's CPU time: no waiting on disks counted), best of rounds."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        for index in range(repeat):
+            function(index)
+        best = min(best, (time.process_time() - start) / repeat)
+    return 1e3 * best
+
+
+def host_costs(folder: Path, maps: list, config) -> dict[str, float]:
+    files = sorted(folder.glob("*.jpg"))
+    run = RunFolder(folder.parent / "host-costs")
+    images = [load_image(f) for f in files]
+    finish = lambda i: finish_maps(run, ImageFile(f"{i}.jpg", 1, 1), *maps[i % len(maps)], config.vocabulary,  # noqa: E731
+                                   config.region_filter, "fp32")
+    return {
+        "decode (JPEG)": cpu_ms(lambda i: load_image(files[i % len(files)]), len(files)),
+        "prepare (host part: to a tensor)": cpu_ms(lambda i: prepare_image(images[i % len(images)]), len(files)),
+        "finish (PNG, regions, RLE, record)": cpu_ms(finish, len(files)),
+    }
+
+
+def finishing_throughput(root: Path, maps: list, config, processes: int, count: int) -> float:
+    """Images/s of ``count`` stored maps through ``processes`` finishing processes (started beforehand)."""
+    run = RunFolder(root / f"finish-{processes}")
+    with Finishers(run, config.vocabulary, config.region_filter, "fp32", processes) as finishers:
+        for future in [finishers.submit(ImageFile(f"warm{i}.jpg", 1, 1), *maps[0]) for i in range(processes * 2)]:
+            future.result()
+        start = time.perf_counter()
+        futures = [finishers.submit(ImageFile(f"{i}.jpg", 1, 1), *maps[i % len(maps)]) for i in range(count)]
+        for future in futures:
+            future.result()
+    return count / (time.perf_counter() - start)
+
+
+class ModelTimer:
+    """CUDA events around every dense forward: the GPU time spent in the model."""
+
+    def __init__(self, cc: ClearCLIP) -> None:
+        self.pairs: list = []
+        forward = cc.encode_dense
+
+        def timed(pixels):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = forward(pixels)
+            end.record()
+            self.pairs.append((start, end))
+            return result
+
+        cc.encode_dense = timed
+
+    def seconds(self) -> float:
+        torch.cuda.synchronize()
+        return sum(start.elapsed_time(end) for start, end in self.pairs) / 1e3
+
+
+def model_and_end_to_end(cc, folder: Path, root: Path, job: LabelJob, batch_size: int) -> tuple[float, float, float]:
+    """(model-only images/s, end-to-end images/s, share of the end-to-end time the GPU spent in the model)."""
+    config = job.label_config()
+    files = [folder / name for name in scan_images(folder).names]
+    prepared = [prepare_image(load_image(f)) for f in files]
+    ids = [cid or 0 for cid in config.vocabulary.category_ids()]
+    thresholds = [0.0] * len(ids)
+    cc.segment_categories(prepared[:batch_size], config.vocabulary, config.settings, ids, thresholds).maps()  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(prepared), batch_size):
+        cc.segment_categories(prepared[i : i + batch_size], config.vocabulary, config.settings, ids, thresholds).maps()
+    model_only = len(files) / (time.perf_counter() - start)
+    timer = ModelTimer(cc) if cc.device.type == "cuda" else None
+    start = time.perf_counter()
+    label_folder(cc, folder, root / f"run-{batch_size}", config, job.info(config), progress=False)
+    seconds = time.perf_counter() - start
+    share = timer.seconds() / seconds if timer else float("nan")
+    return model_only, len(files) / seconds, share
+
+
+def neighbour_case(root: Path, count: int) -> tuple[float, float, float]:
+    """(idle seconds, seconds beside one busy core, seconds beside it with OpenMP threads spinning)."""
+    folder = root / "small"
+    folder.mkdir()
+    for i, image in enumerate(synthetic_images(count, 48, 64, seed=5)):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    command = [sys.executable, "-m", "clearclip", "label", str(folder), "--class", "sky", "--class", "grass",
+               "--class", "road", "--model", "ViT-S-16", "--pretrained", "none", "--short-side", "64", "--crop", "64",
+               "--quiet"]
+
+    def timed(out: str, env: dict) -> float:
+        start = time.perf_counter()
+        subprocess.run(command + ["--out", str(root / out)], check=True, capture_output=True, env={**os.environ, **env})
+        return time.perf_counter() - start
+
+    idle = timed("idle", {})
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = timed("busy", {})
+        spinning = timed("spinning", {"OMP_WAIT_POLICY": "ACTIVE"})
+    finally:
+        neighbour.kill()
+    return idle, busy, spinning
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="6 images; under 5 minutes on 2 cores")
-    parser.add_argument("--images", type=int, default=None, help="number of 500x375 images (default: 6 quick, 24)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="fewer images; about 5 minutes on 2 cores")
     args = parser.parse_args(argv)
-    count = args.images or (6 if args.quick else 24)
     device = torch.device(args.device)
+    cores = available_cores()
     precision = "fp32" if device.type == "cpu" else "bf16"
-
-    model = open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval()
-    cc = ClearCLIP(model, open_clip.get_tokenizer("ViT-B-16"), precision=precision)
+    classes = BENCHMARKS["voc21"].vocabulary().to_strings()
+    job = LabelJob(classes, model="ViT-B-16", pretrained=None, device=args.device, precision=precision)
+    config = job.label_config()
+    cc = ClearCLIP(open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval(),
+                   open_clip.get_tokenizer("ViT-B-16"), precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "images"
+        root = Path(tmp)
+        folder = root / "voc"
         folder.mkdir()
+        count = 6 if args.quick else 16
+        if device.type == "cuda":
+            count = 512
         for i, image in enumerate(synthetic_images(count, 375, 500)):
             Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=90)
-        classes = BENCHMARKS["voc21"].vocabulary().to_strings()
-        job = LabelJob(classes, model="ViT-B-16", pretrained=None, batch_size=args.batch_size)
-        config = job.label_config()
-        cc.segment(load_image(folder / "00000.jpg"), config.vocabulary)  # warm-up, text embeddings cached
 
-        prepared = [cc.prepare(load_image(folder / f), config.settings) for f in list_images(folder)]
-        start = time.perf_counter()
-        for i in range(0, len(prepared), args.batch_size):
-            cc.segment_prepared(prepared[i : i + args.batch_size], config.vocabulary, config.settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model_only = count / (time.perf_counter() - start)
+        stored = min(count, 6)  # label maps of a real run, for the host measurements
+        prepared = [prepare_image(load_image(folder / f"{i:05d}.jpg")) for i in range(stored)]
+        ids = [cid or 0 for cid in config.vocabulary.category_ids()]
+        maps = cc.segment_categories(prepared, config.vocabulary, config.settings, ids, [0.0] * len(ids)).maps()
+        maps = [(c.copy(), s.copy()) for c, s in maps]
+        costs = host_costs(folder, maps, config)
+        finish_count = 200 if args.quick else 1000
+        one = finishing_throughput(root, maps, config, 1, finish_count)
+        every = finishing_throughput(root, maps, config, cores, finish_count) if cores > 1 else one
 
-        start = time.perf_counter()
-        label_folder(cc, folder, Path(tmp) / "run", config, job.info(config), progress=False)
-        end_to_end = count / (time.perf_counter() - start)
+        print(f"host: {cores} cores available; stored maps of {stored} images 500x375, 21 classes")
+        for step, ms in costs.items():
+            print(f"  {step:<36} {ms:6.2f} ms CPU")
+        print(f"  {'total per image':<36} {sum(costs.values()):6.2f} ms CPU")
+        print(f"finishing: 1 process {one:7.1f} images/s, {cores} processes {every:7.1f} images/s "
+              f"({every / one:.2f}x)")
 
-    print(f"{count} images 500x375, 21 classes, ViT-B-16 random weights, {device} {precision}, "
-          f"batch {args.batch_size}, {config.workers()} decode workers")
-    print(f"model only   {model_only:8.3f} images/s")
-    print(f"end to end   {end_to_end:8.3f} images/s")
-    print(f"ratio        {end_to_end / model_only:8.3f}  (end-to-end / model-only)")
+        batch_sizes = [8, 16, 32, 64] if device.type == "cuda" else [4]
+        print(f"\nViT-B-16 random weights, {device} {precision}, 500x375 images, 21 classes, {config.workers()} decode "
+              f"workers, {config.finisher_count(config.workers())} finishers")
+        print(f"{'batch':>5} {'model only img/s':>17} {'end to end img/s':>17} {'ratio':>6} {'GPU time in model':>18}")
+        for batch_size in batch_sizes:
+            batch_job = LabelJob(**{**job.to_dict(), "batch_size": batch_size})
+            model_only, end_to_end, share = model_and_end_to_end(cc, folder, root, batch_job, batch_size)
+            share_text = f"{100 * share:17.1f}%" if share == share else f"{'-':>18}"
+            print(f"{batch_size:>5} {model_only:>17.2f} {end_to_end:>17.2f} {end_to_end / model_only:>6.2f} {share_text}")
+
+        if device.type == "cpu":
+            idle, busy, spinning = neighbour_case(root, 60 if args.quick else 200)
+            print(f"\nclearclip label beside a process that keeps one of {cores} cores busy (ViT-S-16, small images):")
+            print(f"  idle {idle:.1f} s; beside it {busy:.1f} s ({busy / idle:.2f}x; losing 1 of {cores} cores alone "
+                  f"would be {cores / max(1, cores - 1):.2f}x); with OpenMP threads spinning as torch's default "
+                  f"{spinning:.1f} s ({spinning / idle:.2f}x)")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Does a run stay bounded as it grows? Time and peak RSS of the steps that touch every image, at several sizes.
 
-Builds runs of N images through the labeler's own writer (``finish_image``: label map PNG, regions, RLE,
+Builds runs of N images through the labeler's own writer (``finish_maps``: label map PNG, regions, RLE,
 record) from synthetic 500x375 label maps with about 20 regions each (no model), then runs each step in a
 fresh process: the resume check of the finished run (listing + per-image state), the merge, ``clearclip
 review --no-launch`` and ``clearclip export``. Peak RSS is the step's own process. Last, the finish of one
@@ -27,7 +27,7 @@ CLASSES = ["background"] + [f"class {i}" for i in range(20)]
 
 
 def synthetic_map(seed: int, height: int = 375, width: int = 500, regions: int = 20):
-    """Labels and scores of a Voronoi partition: ``regions`` cells, each a class, scores smooth per cell."""
+    """A category map and scores of a Voronoi partition: ``regions`` cells, each a class, one score per cell."""
     rng = np.random.default_rng(seed)
     seeds = rng.random((regions, 2)) * (height, width)
     yy, xx = np.ogrid[:height, :width]
@@ -37,26 +37,25 @@ def synthetic_map(seed: int, height: int = 375, width: int = 500, regions: int =
         distance = ((yy - y) ** 2 + (xx - x) ** 2).astype(np.float32)
         closer = distance < nearest
         nearest[closer], cell[closer] = distance[closer], index
-    labels = rng.integers(1, len(CLASSES), regions)[cell].astype(np.int32)
+    labels = rng.integers(1, len(CLASSES), regions)[cell].astype(np.uint8)  # category ids (class 0 is background)
     scores = (0.4 + 0.6 * rng.random(regions)[cell]).astype(np.float32)
     return labels, scores
 
 
 def _build_chunk(args) -> None:
     run_dir, names, sizes = args
+    from clearclip.finish import finish_maps
     from clearclip.images import ImageFile
     from clearclip.job import LabelJob
-    from clearclip.labeling import finish_image
     from clearclip.run_folder import RunFolder
-    from clearclip.segmentation import Segmentation
 
     config = LabelJob(CLASSES, pretrained=None).label_config()
     maps = [synthetic_map(seed) for seed in range(16)]
     folder = RunFolder(run_dir)
     for index, (name, (size, mtime)) in enumerate(zip(names, sizes)):
-        labels, scores = maps[index % len(maps)]
-        finish_image(folder, ImageFile(name, size, mtime), Segmentation(labels, scores, config.vocabulary.names),
-                     config, "fp32")
+        categories, scores = maps[index % len(maps)]
+        finish_maps(folder, ImageFile(name, size, mtime), categories, scores, config.vocabulary, config.region_filter,
+                    "fp32")
 
 
 def build_run(root: Path, count: int) -> tuple[Path, Path]:
@@ -145,18 +144,17 @@ def reset_peak_rss() -> None:
 LARGE_MAP = """
 import numpy as np
 from bench_scale import synthetic_map, CLASSES, peak_rss_mb, reset_peak_rss, rss_mb
+from clearclip.finish import finish_maps
 from clearclip.images import ImageFile
 from clearclip.job import LabelJob
-from clearclip.labeling import finish_image
 from clearclip.run_folder import RunFolder
-from clearclip.segmentation import Segmentation
 config = LabelJob(CLASSES, pretrained=None).label_config()
-labels, scores = synthetic_map(0, 3000, 4000, 100)
-segmentation = Segmentation(labels, scores, config.vocabulary.names)
+categories, scores = synthetic_map(0, 3000, 4000, 100)
 reset_peak_rss()
 before = rss_mb()
-finish_image(RunFolder(RUN), ImageFile("large.jpg", 1, 1), segmentation, config, "fp32")
-print(peak_rss_mb() - before, (labels.nbytes + scores.nbytes) / 2**20)
+finish_maps(RunFolder(RUN), ImageFile("large.jpg", 1, 1), categories, scores, config.vocabulary, config.region_filter,
+            "fp32")
+print(peak_rss_mb() - before, (categories.nbytes + scores.nbytes) / 2**20)
 """
 
 

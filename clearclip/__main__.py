@@ -5,6 +5,9 @@ import sys
 
 def run() -> None:
     try:
+        from .threads import sleep_when_waiting
+
+        sleep_when_waiting()  # before torch loads: waiting OpenMP threads sleep instead of spinning
         from .cli import main
     except KeyboardInterrupt:
         print("clearclip: interrupted", file=sys.stderr)

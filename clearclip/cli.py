@@ -88,7 +88,7 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"clearclip: skipped {error}", file=sys.stderr)
             failures += 1
             continue
-        seg = cc.segment_prepared([cc.prepare(image, config.settings)], config.vocabulary, config.settings)[0]
+        seg = cc.segment_prepared([cc.prepare(image)], config.vocabulary, config.settings)[0]
         name = names[path]
         save_label_png(seg.labels, args.out / f"{name}_labels.png")
         save_overlay(image, seg.labels, seg.classes, args.out / f"{name}_overlay.png")
@@ -253,7 +253,7 @@ def run_eval_miou(args: argparse.Namespace) -> int:
     classes = len(config.vocabulary)
     confusion = np.zeros((classes, classes + 1), np.int64)
     for image_path, gt_path in tqdm(pairs, unit="img", desc=args.benchmark):
-        seg = cc.segment_prepared([cc.prepare(load_image(image_path), config.settings)], config.vocabulary,
+        seg = cc.segment_prepared([cc.prepare(load_image(image_path))], config.vocabulary,
                                   config.settings)[0]
         confusion += confusion_matrix(seg.labels, read_label_map(gt_path), classes, benchmark.reduce_zero_label,
                                       args.ignore_index)

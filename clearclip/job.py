@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import os
 import re
 import typing
 from collections.abc import Callable
@@ -178,6 +177,11 @@ class LabelJob:
                           whole(-1), THROUGHPUT)
     max_pixels: int = option(100_000_000, "images above this many pixels are reported, not decoded",
                              whole(1), THROUGHPUT)
+    finishers: int = option(-1, "processes that write label maps and records (-1 = the cores left after the main "
+                            "process and the decode workers, at least 1; 0 = a thread of the main process)",
+                            whole(-1), THROUGHPUT)
+    threads: int = option(-1, "intra-op threads of the model on the CPU (-1 = the cores this process may use, from "
+                          "its CPU affinity and cgroup quota)", whole(-1), THROUGHPUT)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -214,7 +218,7 @@ class LabelJob:
         if settings.background_threshold > 0 and not vocabulary.has_background:
             raise ClearCLIPError("background_threshold needs 'background' as the first class of the vocabulary")
         return LabelConfig(vocabulary, settings, RegionFilter(default, per_class, self.instances), self.batch_size,
-                           self.workers, self.max_pixels)
+                           self.workers, self.max_pixels, self.finishers, self.threads)
 
     def load_model(self):
         """The ClearCLIP this job runs, weights loaded (raises ClearCLIPError naming what is missing)."""
@@ -310,7 +314,3 @@ def with_job_parameters(function: Callable) -> Callable:
     function.__signature__ = signature.replace(parameters=own)
     return function
 
-
-def default_workers() -> int:
-    """One decode worker per core this process may use beyond its own, up to 4."""
-    return max(0, min(4, len(os.sched_getaffinity(0)) - 1))

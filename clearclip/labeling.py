@@ -1,7 +1,9 @@
-"""Labeling images into a run folder: decode, segment, and write each image's label map and record.
+"""Labeling images into a run folder: decode, segment, and finish each image (label map and record).
 
 Which images need work is decided per image (see ``RunFolder.state``): a rerun labels new, changed,
 failed and unfinished images and nothing else, and loads the model only when there is something to do.
+The stages overlap: DataLoader workers decode, the model queues one batch while the previous batch's
+maps come back from the device, and finishing processes write label maps and records.
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .coco import region_annotation
 from .errors import ClearCLIPError, EnvironmentFailure
+from .finish import Finishers
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageFile, ImageLoadError, load_image, scan_images
-from .job import default_workers
 from .merge import merge_run
-from .regions import RegionFilter, category_map, extract_regions
+from .regions import RegionFilter
 from .run_folder import DONE, RunFolder, is_disk_full
-from .segmentation import PreparedImage, Segmentation, SegmentSettings, prepare_image
-from .visualize import save_label_png
+from .segmentation import PreparedImage, SegmentSettings, prepare_image
+from .threads import decode_workers, finisher_processes, model_threads
 from .vocabulary import Vocabulary
 
 KILL_AFTER_VARIABLE = "CLEARCLIP_KILL_AFTER_IMAGES"  # tests: SIGKILL this process after N images are committed
@@ -33,7 +34,7 @@ _committed_in_process = 0
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """What a labeling run computes (vocabulary, segmentation settings, filters) and how it batches."""
+    """What a labeling run computes (vocabulary, segmentation settings, filters) and how it uses the machine."""
 
     vocabulary: Vocabulary
     settings: SegmentSettings = SegmentSettings()
@@ -41,9 +42,17 @@ class LabelConfig:
     batch_size: int = 4  # images whose windows share forward passes
     num_workers: int = -1  # DataLoader decode workers; -1: one per spare core, up to 4
     max_pixels: int = DEFAULT_MAX_PIXELS
+    finishers: int = -1  # finishing processes; -1: the cores left, at least 1; 0: a thread of this process
+    threads: int = -1  # the model's intra-op threads on the CPU; -1: the cores this process may use
 
     def workers(self) -> int:
-        return self.num_workers if self.num_workers >= 0 else default_workers()
+        return decode_workers(self.num_workers)
+
+    def finisher_count(self, workers: int) -> int:
+        return finisher_processes(self.finishers, workers)
+
+    def model_threads(self) -> int:
+        return model_threads(self.threads)
 
 
 @dataclass
@@ -71,16 +80,19 @@ def stat_images(root: str | Path, names: Sequence[str]) -> list[ImageFile]:
     return images
 
 
-def _ignore_interrupts(_: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which reports it in one line."""
+def _start_decode_worker(_: int) -> None:
+    """DataLoader workers decode with one thread and leave Ctrl-C to the main process, which reports it."""
+    import torch
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 class ImageFolder:
-    """Decoded and prepared images for a DataLoader: ``(ImageFile as decoded, prepared or None, error or None)``."""
+    """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None)``."""
 
-    def __init__(self, root: Path, images: Sequence[ImageFile], config: LabelConfig, mean, std) -> None:
-        self.root, self.images, self.config, self.mean, self.std = root, list(images), config, mean, std
+    def __init__(self, root: Path, images: Sequence[ImageFile], max_pixels: int) -> None:
+        self.root, self.images, self.max_pixels = root, list(images), max_pixels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -91,25 +103,12 @@ class ImageFolder:
         try:
             info = os.stat(path)
             image = ImageFile(name, info.st_size, info.st_mtime_ns)
-            array = load_image(path, self.config.max_pixels)
+            array = load_image(path, self.max_pixels)
         except FileNotFoundError:
             return self.images[index], None, "file not found (deleted while the run was going)"
         except ImageLoadError as error:
             return image, None, error.reason
-        return image, prepare_image(array, self.config.settings, self.mean, self.std), None
-
-
-def finish_image(folder: RunFolder, image: ImageFile, segmentation: Segmentation, config: LabelConfig,
-                 precision: str) -> int:
-    """Write an image's label map, then its record (which commits it); returns the bytes written."""
-    categories = category_map(segmentation, config.vocabulary, config.region_filter)
-    label_path = folder.label_path(image.name)
-    save_label_png(categories, label_path)
-    height, width = categories.shape
-    regions = extract_regions(categories, segmentation.scores, config.vocabulary, config.region_filter)
-    annotations = [region_annotation(region, config.vocabulary) for region in regions]
-    folder.write_record(image, width, height, annotations, precision)
-    return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
+        return image, prepare_image(array), None
 
 
 def _committed() -> None:
@@ -121,21 +120,25 @@ def _committed() -> None:
 
 
 class _Segmenter:
-    """``segment_prepared`` with the CUDA out-of-memory fallback: halve the images per pass, then the windows."""
+    """``segment_categories`` with the CUDA out-of-memory fallback: halve the images per pass, then the windows."""
 
     def __init__(self, cc, config: LabelConfig, log: Callable[[str], None]) -> None:
         self.cc, self.config, self.log = cc, config, log
         self.chunk = config.batch_size
+        self.category_ids = [cid or 0 for cid in config.vocabulary.category_ids()]
+        self.pixel_thresholds = [config.region_filter.for_class(name).pixel_threshold for name in config.vocabulary.names]
 
-    def __call__(self, prepared: list[PreparedImage]) -> list[Segmentation]:
+    def __call__(self, prepared: list[PreparedImage]) -> list:
+        """BatchResults covering ``prepared`` in order (one per pass), their copies to the host started."""
         import torch
 
-        results: list[Segmentation] = []
+        results = []
         start = 0
         while start < len(prepared):
             chunk = prepared[start : start + self.chunk]
             try:
-                results += self.cc.segment_prepared(chunk, self.config.vocabulary, self.config.settings)
+                results.append(self.cc.segment_categories(chunk, self.config.vocabulary, self.config.settings,
+                                                          self.category_ids, self.pixel_thresholds))
                 start += len(chunk)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -170,11 +173,10 @@ def label_images(
 ) -> LabelStats:
     """Label the ``images`` (relative to ``root``) that are not done in ``folder``; failed ones are retried.
 
-    ``model`` is a ClearCLIP or a function that loads one (called only if there is work). Decoding runs
-    in DataLoader workers, windows of ``config.batch_size`` images share forward passes, and label maps
-    and records are written by a thread pool while the model runs. ``on_progress(n)`` is called with
-    the number of images finished (labeled or failed) so far.
+    ``model`` is a ClearCLIP or a function that loads one (called only if there is work).
+    ``on_progress(n)`` is called with the number of images finished (labeled or failed) so far.
     """
+    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -190,11 +192,14 @@ def label_images(
         stats.model_seconds = time.perf_counter() - loading
     cc = model
     folder.claim_precision(cc.precision)
+    if cc.device.type == "cpu":
+        torch.set_num_threads(config.model_threads())
     segment = _Segmenter(cc, config, log)
     workers = config.workers()
     loader = DataLoader(
-        ImageFolder(root, todo, config, cc.mean, cc.std), batch_size=config.batch_size, num_workers=workers,
-        collate_fn=list, prefetch_factor=2 if workers else None, worker_init_fn=_ignore_interrupts if workers else None,
+        ImageFolder(root, todo, config.max_pixels), batch_size=config.batch_size, num_workers=workers,
+        collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 if workers else None,
+        worker_init_fn=_start_decode_worker if workers else None,
     )
     bar = tqdm(total=len(todo), unit="img", desc="labeling", disable=not progress, dynamic_ncols=True)
     pending: list[Future] = []
@@ -210,8 +215,17 @@ def label_images(
         _committed()
         finished()
 
+    def hand_over(batch: tuple[list[ImageFile], list], finishers: Finishers) -> None:
+        """Wait for a batch's maps to reach the host and give each image to a finisher."""
+        batch_images, results = batch
+        maps = [pair for result in results for pair in result.maps()]
+        for image, (categories, scores) in zip(batch_images, maps):
+            pending.append(finishers.submit(image, categories, scores))
+
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with Finishers(folder, config.vocabulary, config.region_filter, cc.precision,
+                       config.finisher_count(workers)) as finishers:
+            previous = None
             for batch in loader:
                 ready = []
                 for image, prepared, error in batch:
@@ -223,11 +237,14 @@ def label_images(
                     if len(stats.failures) <= FAILURES_LOGGED:
                         log(f"skipped {root / image.name}: {error}" + (f" (attempt {attempts})" if attempts > 1 else ""))
                     finished()
-                if ready:
-                    for (image, _), segmentation in zip(ready, segment([p for _, p in ready])):
-                        pending.append(pool.submit(finish_image, folder, image, segmentation, config, cc.precision))
-                while len(pending) > 2 * config.batch_size:
+                current = ([image for image, _ in ready], segment([p for _, p in ready])) if ready else None
+                if previous is not None:
+                    hand_over(previous, finishers)  # while the device works on the current batch
+                previous = current
+                while len(pending) > 4 * config.batch_size:
                     collect(pending.pop(0))
+            if previous is not None:
+                hand_over(previous, finishers)
             while pending:
                 collect(pending.pop(0))
     except OSError as error:
@@ -272,4 +289,3 @@ def label_folder(
                                 "batch_size": stats.batch_size},
         }
         return merge_run(folder, images, config.vocabulary, info, extra, listing.problems + problems, exclusive=True)
-

@@ -19,6 +19,7 @@ from .segmentation import (
     PreparedImage,
     Segmentation,
     SegmentSettings,
+    model_input,
     prepare_image,
     reduce_logits,
 )
@@ -127,9 +128,10 @@ class ClearCLIP:
         )
         return embeddings.to(self.device)
 
-    def prepare(self, image, settings: SegmentSettings | None = None) -> PreparedImage:
-        """Resize and normalise one image (PIL or HxWx3 uint8) for ``segment_prepared``."""
-        return prepare_image(image, settings or SegmentSettings(), self.mean, self.std)
+    @staticmethod
+    def prepare(image) -> PreparedImage:
+        """One image (PIL or HxW/HxWx3/HxWx4 uint8) for ``segment_prepared``; resizing happens on the device."""
+        return prepare_image(image)
 
     def segment(self, image, classes: Sequence[str] | Vocabulary, background_threshold: float = 0.0, **overrides) -> Segmentation:
         """Segment one image. ``classes`` are strings (commas separate synonyms of a class).
@@ -145,18 +147,43 @@ class ClearCLIP:
         """Segment several images, batching their sliding windows together."""
         settings = SegmentSettings(background_threshold=background_threshold).with_overrides(**overrides)
         vocabulary = classes if isinstance(classes, Vocabulary) else Vocabulary.from_strings(classes)
-        prepared = [self.prepare(image, settings) for image in images]
-        return self.segment_prepared(prepared, vocabulary, settings)
+        return self.segment_prepared([self.prepare(image) for image in images], vocabulary, settings)
 
     @torch.inference_mode()
     def segment_prepared(
         self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings
     ) -> list[Segmentation]:
         """Segment prepared images: windows of all images are grouped by size and batched."""
+        return [Segmentation(labels.cpu().numpy(), scores.cpu().numpy(), vocabulary.names)
+                for labels, scores in self._segment_on_device(prepared, vocabulary, settings)]
+
+    @torch.inference_mode()
+    def segment_categories(
+        self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings,
+        category_ids: Sequence[int], pixel_thresholds: Sequence[float],
+    ) -> "BatchResult":
+        """Segment, and turn each label map into a map of ``category_ids[class]`` (0 where the score is below
+        ``pixel_thresholds[class]``) on the device; the batch's maps and scores come back in one copy,
+        started now and waited for by ``BatchResult.maps()``, so the next batch can be queued meanwhile."""
+        lookup = torch.tensor(category_ids, dtype=torch.int16 if max(category_ids) > 255 else torch.uint8)
+        thresholds = torch.tensor(pixel_thresholds, dtype=torch.float32)
+        lookup, thresholds = lookup.to(self.device), thresholds.to(self.device)
+        maps = []
+        for labels, scores in self._segment_on_device(prepared, vocabulary, settings):
+            categories = lookup[labels]
+            if bool(thresholds.any()):
+                categories[scores < thresholds[labels]] = 0
+            maps.append((categories, scores))
+        return BatchResult(maps)
+
+    def _segment_on_device(
+        self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         self._check_vocabulary(vocabulary, settings)
         text = self.encode_text(vocabulary.queries, settings.templates)
         query_to_class = torch.tensor(vocabulary.query_to_class)
-        pixels = [p.pixels.to(self.device, non_blocking=True) for p in prepared]
+        pixels = [model_input(p.pixels.to(self.device, non_blocking=True), settings, self.mean, self.std)
+                  for p in prepared]
         accumulators = [LogitAccumulator(len(text), *p.shape[-2:], self.device) for p in pixels]
 
         groups: dict[tuple[int, int], list[tuple[int, Window, Padding]]] = defaultdict(list)
@@ -172,14 +199,9 @@ class ClearCLIP:
                 features = self.encode_dense(crops)
                 for (index, window, pad), patch_logits in zip(chunk, features @ text.T):
                     accumulators[index].add(patch_logits, window, pad)
-
-        results = []
-        for image, accumulator in zip(prepared, accumulators):
-            labels, scores = reduce_logits(
-                accumulator.mean(), image.original_size, settings.logit_scale, query_to_class, settings.background_threshold
-            )
-            results.append(Segmentation(labels, scores, vocabulary.names))
-        return results
+        del pixels
+        return [reduce_logits(accumulator.mean(), image.original_size, settings.logit_scale, query_to_class,
+                              settings.background_threshold) for image, accumulator in zip(prepared, accumulators)]
 
     def _check_vocabulary(self, vocabulary: Vocabulary, settings: SegmentSettings) -> None:
         if settings.background_threshold > 0 and not vocabulary.has_background:
@@ -194,6 +216,37 @@ class ClearCLIP:
     def _crop(image: torch.Tensor, window: Window, pad: Padding) -> torch.Tensor:
         crop = image[:, window.y1 : window.y2, window.x1 : window.x2]
         return F.pad(crop, tuple(pad)) if any(pad) else crop
+
+
+class BatchResult:
+    """Category maps and scores of a batch, packed into one buffer and copied to the host in one transfer
+    (asynchronous from a GPU, into pinned memory)."""
+
+    def __init__(self, maps: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._shapes = [tuple(categories.shape) for categories, _ in maps]
+        self._dtype = maps[0][0].dtype if maps else torch.uint8
+        parts = [scores for _, scores in maps] + [categories for categories, _ in maps]  # floats first: aligned views
+        packed = torch.cat([t.reshape(-1).view(torch.uint8) for t in parts]) if maps else torch.empty(0, dtype=torch.uint8)
+        if packed.device.type == "cuda":
+            self._host = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(packed, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = packed, None
+
+    def maps(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(categories (H, W) uint8 or uint16, scores (H, W) float32) per image, once the copy has landed."""
+        if self._event is not None:
+            self._event.synchronize()
+        buffer = self._host.numpy()
+        category_type = np.dtype(np.uint8 if self._dtype == torch.uint8 else np.uint16)
+        pixels = [shape[0] * shape[1] for shape in self._shapes]
+        ends = np.cumsum([4 * n for n in pixels] + [category_type.itemsize * n for n in pixels])
+        parts = np.split(buffer, ends[:-1])
+        scores = [part.view(np.float32).reshape(shape) for part, shape in zip(parts, self._shapes)]
+        categories = [part.view(category_type).reshape(shape) for part, shape in zip(parts[len(pixels):], self._shapes)]
+        return list(zip(categories, scores))
 
 
 def class_pixel_shares(segmentation: Segmentation) -> list[tuple[str, float]]:

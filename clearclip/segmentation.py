@@ -57,10 +57,18 @@ class Segmentation:
 
 @dataclass
 class PreparedImage:
-    """A resized, normalised image (3, h, w) and the size to map the result back to."""
+    """An RGB image as (H, W, 3) uint8 pixels, ready to travel to the model's device, which resizes and
+    normalises it (``model_input``). Pinned by a DataLoader with ``pin_memory=True``."""
 
     pixels: torch.Tensor
-    original_size: tuple[int, int]  # (H, W)
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(H, W): the size the result is mapped back to."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    def pin_memory(self) -> "PreparedImage":
+        return PreparedImage(self.pixels.pin_memory())
 
 
 def as_rgb_array(image) -> np.ndarray:
@@ -78,19 +86,23 @@ def as_rgb_array(image) -> np.ndarray:
     return image if image.flags.writeable else image.copy()
 
 
-def prepare_image(image, settings: SegmentSettings, mean, std) -> PreparedImage:
-    """Resize (bilinear, rounded back to uint8 levels like cv2) and normalise an RGB image."""
-    array = as_rgb_array(image)
-    height, width = array.shape[:2]
+def prepare_image(image) -> PreparedImage:
+    """A PIL image or an HxW / HxWx3 / HxWx4 uint8 array as a PreparedImage (no copy when already RGB)."""
+    return PreparedImage(torch.from_numpy(as_rgb_array(image)))
+
+
+def model_input(pixels: torch.Tensor, settings: SegmentSettings, mean, std) -> torch.Tensor:
+    """(3, h, w) float32 normalised pixels from (H, W, 3) uint8 ones, on their device: bilinear resize to the
+    working size, rounded back to uint8 levels like cv2, then mean/std normalisation."""
+    height, width = pixels.shape[:2]
     new_h, new_w = resized_size(height, width, settings.short_side, settings.max_long_side)
-    pixels = torch.from_numpy(array).permute(2, 0, 1).float().unsqueeze(0)
+    image = pixels.permute(2, 0, 1).float().unsqueeze(0)
     if (new_h, new_w) != (height, width):
-        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        pixels = pixels.round_().clamp_(0, 255)
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
-    pixels = (pixels - mean_t) / std_t
-    return PreparedImage(pixels[0].contiguous(), (height, width))
+        image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        image = image.round_().clamp_(0, 255)
+    mean_t = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1) * 255
+    return ((image - mean_t) / std_t)[0].contiguous()
 
 
 def _source_positions(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,8 +163,9 @@ def reduce_logits(
     query_to_class: torch.Tensor,
     background_threshold: float = 0.0,
     tile_elements: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and scores at ``size`` from averaged logits (h, w, Q) at the working resolution.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (int32) and scores (float32) at ``size``, on the logits' device, from averaged logits (h, w, Q)
+    at the working resolution.
 
     Equal to: bilinear resize to ``size``, ``softmax(logit_scale * logits)`` over queries,
     max over each class's queries, argmax, and class 0 where the score is below
@@ -167,7 +180,7 @@ def reduce_logits(
         labels[start:stop] = query_to_class[best]
     if background_threshold > 0:
         labels[scores < background_threshold] = 0
-    return labels.cpu().numpy(), scores.cpu().numpy()
+    return labels, scores
 
 
 class LogitAccumulator:

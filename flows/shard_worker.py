@@ -12,16 +12,20 @@ and its shard is submitted again. Other flows sent to its queue run in a subproc
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-from functools import partial
+from clearclip.threads import sleep_when_waiting
 
-import anyio
-from prefect.flow_engine import run_flow_sync
-from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+sleep_when_waiting()  # before torch loads (flows.label_shard imports it): waiting OpenMP threads sleep
 
-from flows.label_shard import label_shard
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+from functools import partial  # noqa: E402
+
+import anyio  # noqa: E402
+from prefect.flow_engine import run_flow_sync  # noqa: E402
+from prefect.workers.process import ProcessWorker, ProcessWorkerResult  # noqa: E402
+
+from flows.label_shard import label_shard  # noqa: E402
 
 
 class ShardWorker(ProcessWorker):

@@ -162,10 +162,10 @@ def test_out_of_memory_halves_the_images_per_pass(tiny_model_name, tmp_path):
     class OneImageFits(ClearCLIP):
         """A device that runs out of memory on any pass over more than one image."""
 
-        def segment_prepared(self, prepared, vocabulary, settings):
+        def segment_categories(self, prepared, *args):
             if len(prepared) > 1:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super().segment_prepared(prepared, vocabulary, settings)
+            return super().segment_categories(prepared, *args)
 
     data = tmp_path / "data"
     write_plain_folder(data, 5, size=(40, 52))

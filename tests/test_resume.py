@@ -1,12 +1,15 @@
-"""A label run killed with SIGKILL part-way resumes to exactly the annotations of an uninterrupted run.
-
-The kill comes from the labeler's own hook (CLEARCLIP_KILL_AFTER_IMAGES), so the moment is deterministic."""
+"""A label run killed with SIGKILL part-way leaves no process behind and resumes to exactly the annotations of
+an uninterrupted run. The kill comes from the labeler's own hook (CLEARCLIP_KILL_AFTER_IMAGES), so the
+moment is deterministic."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+
+import psutil
 
 from clearclip.labeling import KILL_AFTER_VARIABLE
 from folders import write_plain_folder
@@ -19,21 +22,33 @@ def label_command(root, out, model):
             "--batch-size", "1", "--workers", "0", "--min-area", "3"]
 
 
+def _live_session(process: psutil.Process) -> int | None:
+    """The session of a live process (a zombie has ended; only its parent's reaping is missing)."""
+    try:
+        return None if process.status() == psutil.STATUS_ZOMBIE else os.getsid(process.pid)
+    except (OSError, psutil.Error):
+        return None
+
+
 def test_sigkill_then_rerun_equals_uninterrupted(tiny_model_name, tmp_path):
     root = tmp_path / "data"
     files = write_plain_folder(root, 12, size=(72, 96))
     reference = tmp_path / "reference"
-    subprocess.run(label_command(root, reference, tiny_model_name), check=True, capture_output=True)
+    subprocess.run(label_command(root, reference, tiny_model_name), check=True, capture_output=True, timeout=120)
 
     killed = tmp_path / "killed"
-    result = subprocess.run(label_command(root, killed, tiny_model_name), capture_output=True,
-                            env={**os.environ, KILL_AFTER_VARIABLE: "5"})
-    assert result.returncode == -signal.SIGKILL
+    process = subprocess.Popen(label_command(root, killed, tiny_model_name), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, KILL_AFTER_VARIABLE: "5"},
+                               start_new_session=True)
+    assert process.wait(timeout=120) == -signal.SIGKILL
+    time.sleep(1)
+    survivors = [p for p in psutil.process_iter(["pid"]) if _live_session(p) == process.pid]
+    assert not survivors, "the killed labeler's finishing processes outlived it"
     done_at_kill = len(list((killed / "records").rglob("*.json")))
     assert 5 <= done_at_kill < len(files)
     assert not (killed / "annotations.json").exists()
 
-    subprocess.run(label_command(root, killed, tiny_model_name), check=True, capture_output=True)
+    subprocess.run(label_command(root, killed, tiny_model_name), check=True, capture_output=True, timeout=120)
     assert (killed / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
     run = json.loads((killed / "run.json").read_text())["last_invocation"]
     assert run["skipped_as_done"] == done_at_kill and run["labeled"] == len(files) - done_at_kill

@@ -113,7 +113,8 @@ def test_tiled_reduction_equals_full_resolution(spread):
     logits = torch.randn(7, 23, 31) * spread  # cosine logits: |l| <= 1, differences of a few hundredths
     query_to_class = torch.tensor([0, 1, 1, 2, 3, 3, 3])
     for size in [(100, 77), (23, 31), (10, 12), (1, 300), (300, 1)]:
-        labels, scores = reduce_logits(logits.permute(1, 2, 0), size, 50.0, query_to_class, 0.3, tile_elements=7 * 77 * 3)
+        labels, scores = (t.numpy() for t in reduce_logits(logits.permute(1, 2, 0), size, 50.0, query_to_class, 0.3,
+                                                           tile_elements=7 * 77 * 3))
         up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
         probs = (up * 50).softmax(0)
         merged = torch.stack([probs[query_to_class == c].max(0)[0] for c in range(4)])
