@@ -246,7 +246,7 @@ def text_case(model, tokenizer, names, device):
     return full_seconds, short_seconds, float((full - short).abs().max())
 
 
-def memory_case(device):
+def memory_case(device, refine="none"):
     """A 6000x4000 image with the 171 COCO-Stuff classes through a small ViT (ViT-S-16, random)."""
     model = open_clip.create_model("ViT-S-16", pretrained=None).to(device).eval()
     cc = ClearCLIP(model, open_clip.get_tokenizer("ViT-S-16"))
@@ -257,10 +257,17 @@ def memory_case(device):
     rss_before = psutil.Process().memory_info().rss / 2**20
     with PeakMemory(device) as mem:
         start = time.perf_counter()
-        seg = cc.segment(image, vocabulary, templates=templates)
+        seg = cc.segment(image, vocabulary, templates=templates, refine=refine)
         seconds = time.perf_counter() - start
     straightforward = len(vocabulary.queries) * image.shape[0] * image.shape[1] * 4 * 2 / 2**30  # logits + softmax
     return seg, seconds, mem.peak, rss_before, straightforward
+
+
+def pamr_case(cc, images, vocabulary, device):
+    """Seconds per image of segment_batch without and with PAMR (default iterations and dilations)."""
+    plain, _ = timed(device, lambda: cc.segment_batch(images, vocabulary))
+    refined, _ = timed(device, lambda: cc.segment_batch(images, vocabulary, refine="pamr"))
+    return plain / len(images), refined / len(images)
 
 
 def print_table(rows):
@@ -283,10 +290,11 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {os.cpu_count()} cpus"))
 
-    seg, seconds, peak, before, straightforward = memory_case(device)
-    print(f"\nmemory: 6000x4000 image, 171 classes, ViT-S-16 ({device}): {seconds:.1f} s; peak process RSS "
-          f"{before + peak:.0f} MiB ({peak:.0f} MiB above the {before:.0f} MiB before the call); a full-resolution "
-          f"logits + softmax pipeline would need {straightforward:.1f} GiB for those two tensors alone")
+    for refine in ("none", "pamr"):
+        seg, seconds, peak, before, straightforward = memory_case(device, refine)
+        print(f"\nmemory, refine={refine}: 6000x4000 image, 171 classes, ViT-S-16 ({device}): {seconds:.1f} s; peak "
+              f"process RSS {before + peak:.0f} MiB ({peak:.0f} MiB above the {before:.0f} MiB before the call); a "
+              f"full-resolution logits + softmax pipeline would need {straightforward:.1f} GiB for those two tensors")
 
     model = open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval()
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
@@ -310,6 +318,11 @@ def main(argv=None) -> int:
           f"({'fp16' if baseline_autocast else 'fp32'}); ours = ClearCLIP.segment_batch ({precision}, {cc.window_batch_size} windows per batch)"
           + ("; compiled = the same with compile=True (after its warm-up)" if compiled else ""))
     print_table(rows)
+
+    print(f"\nPAMR (10 iterations, dilations 8 and 16), seconds per image, {device}:")
+    for name, images, vocab in cases[:2]:
+        plain, refined = pamr_case(cc, images[:1] if device.type == "cpu" else images, vocab, device)
+        print(f"  {name:<16} without {plain:7.2f} s, with PAMR {refined:7.2f} s ({refined / plain:.1f}x)")
 
     names = stuff.names[:8] if args.quick else stuff.names
     full_s, short_s, diff = text_case(model, tokenizer, names, device)

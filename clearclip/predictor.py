@@ -22,6 +22,7 @@ from .segmentation import (
     model_input,
     prepare_image,
     reduce_logits,
+    reduce_logits_refined,
 )
 from .errors import ClearCLIPError
 from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, check_context, encode_names
@@ -137,7 +138,8 @@ class ClearCLIP:
         """Segment one image. ``classes`` are strings (commas separate synonyms of a class).
 
         With ``background_threshold > 0`` pixels scoring below it get class 0. ``overrides``
-        replace fields of SegmentSettings: templates, short_side, max_long_side, crop, stride, logit_scale.
+        replace fields of SegmentSettings: templates, short_side, max_long_side, crop, stride, logit_scale,
+        refine ("none" or "pamr"), pamr_iterations, pamr_dilations.
         """
         return self.segment_batch([image], classes, background_threshold, **overrides)[0]
 
@@ -199,9 +201,15 @@ class ClearCLIP:
                 features = self.encode_dense(crops)
                 for (index, window, pad), patch_logits in zip(chunk, features @ text.T):
                     accumulators[index].add(patch_logits, window, pad)
-        del pixels
-        return [reduce_logits(accumulator.mean(), image.original_size, settings.logit_scale, query_to_class,
-                              settings.background_threshold) for image, accumulator in zip(prepared, accumulators)]
+        results = []
+        for image, guide, accumulator in zip(prepared, pixels, accumulators):
+            if settings.refine == "pamr":
+                results.append(reduce_logits_refined(accumulator.mean(), guide, image.original_size, settings,
+                                                     query_to_class))
+            else:
+                results.append(reduce_logits(accumulator.mean(), image.original_size, settings.logit_scale,
+                                             query_to_class, settings.background_threshold))
+        return results
 
     def _check_vocabulary(self, vocabulary: Vocabulary, settings: SegmentSettings) -> None:
         if settings.background_threshold > 0 and not vocabulary.has_background:

@@ -15,12 +15,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ClearCLIPError
+from .refine import DEFAULT_DILATIONS, DEFAULT_ITERATIONS, OFFSETS, affinity, propagate, reach
 from .text import DEFAULT_TEMPLATES, Template
 from .windows import Padding, Window, padded_size, resized_size
 
 # floats per band of rows (rows x width x queries) when logits are resized: on the CPU a few MB, so a
 # band stays in cache; on a GPU 128 MB, so a window or a large image takes a handful of kernel launches
 TILE_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
+# floats of PAMR affinities a band holds (8 x dilations x rows x width); a band of logits queries is as large
+PAMR_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+REFINEMENTS = ("none", "pamr")
 
 
 @dataclass(frozen=True)
@@ -34,14 +39,24 @@ class SegmentSettings:
     logit_scale: float = 50.0
     background_threshold: float = 0.0
     templates: tuple[Template, ...] = DEFAULT_TEMPLATES
+    refine: str = "none"  # "pamr": PAMR on the full-size logits, guided by the image (NACLIP's placement)
+    pamr_iterations: int = DEFAULT_ITERATIONS
+    pamr_dilations: tuple[int, ...] = DEFAULT_DILATIONS
+
+    def __post_init__(self) -> None:
+        if self.refine not in REFINEMENTS:
+            raise ClearCLIPError(f"unknown refine '{self.refine}'; choose one of {', '.join(REFINEMENTS)}")
+        if self.pamr_iterations < 1 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ClearCLIPError("pamr_iterations and every pamr_dilation must be at least 1")
 
     def with_overrides(self, **overrides) -> "SegmentSettings":
         """A copy with some fields replaced; unknown names raise TypeError naming them."""
         unknown = set(overrides) - set(self.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown segment settings: {', '.join(sorted(unknown))}")
-        if "templates" in overrides and overrides["templates"] is not None:
-            overrides["templates"] = tuple(overrides["templates"])
+        for name in ("templates", "pamr_dilations"):
+            if overrides.get(name) is not None:
+                overrides[name] = tuple(overrides[name])
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **overrides)
 
@@ -131,29 +146,34 @@ def max_probability(tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.softmax(tile, dim=-1).max(dim=-1)
 
 
+def resized_rows(logits: torch.Tensor, size: tuple[int, int], start: int, stop: int, scale: float = 1.0) -> torch.Tensor:
+    """Rows ``start:stop`` of the bilinear resize (``align_corners=False``) of (h, w, Q) logits to (*size, Q),
+    times ``scale``, channels last.
+
+    Rows are resampled by one small matmul (resampling and scaling are linear), columns by torch's kernel
+    on the channels-last view, so the band is never copied to change its layout.
+    """
+    in_h, in_w, queries = logits.shape
+    r0, r1, rw = _source_positions(in_h, size[0])  # on the host: reading them never waits for a GPU
+    first, last = int(r0[start]), int(r1[stop - 1])
+    weights = _row_weights(r0[start:stop], r1[start:stop], rw[start:stop], first, last - first + 1, scale)
+    rows = weights.to(logits.device) @ logits.reshape(in_h, in_w * queries)[first : last + 1]
+    band = F.interpolate(rows.view(1, stop - start, in_w, queries).permute(0, 3, 1, 2), size=(stop - start, size[1]),
+                         mode="bilinear", align_corners=False)
+    return band.permute(0, 2, 3, 1)[0].contiguous()  # already channels-last: no copy
+
+
 def resized_bands(
     logits: torch.Tensor, size: tuple[int, int], band_elements: int | None = None, scale: float = 1.0
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Rows ``start:stop`` of the bilinear resize (``align_corners=False``) of (h, w, Q) logits to
-    (*size, Q), times ``scale``, as ``(start, stop, band)`` with at most ``band_elements`` floats a band
-    (default: ``TILE_ELEMENTS`` of the logits' device type).
-
-    Rows are resampled by one small matmul (resampling and scaling are linear), columns by torch's
-    kernel on the channels-last view, so no band is copied to change its layout.
-    """
-    in_h, in_w, queries = logits.shape
-    out_h, out_w = size
-    source_rows = logits.reshape(in_h, in_w * queries)
-    r0, r1, rw = _source_positions(in_h, out_h)  # on the host: reading them never waits for a GPU
+    """``resized_rows`` band after band: ``(start, stop, band)`` with at most ``band_elements`` floats a band
+    (default: ``TILE_ELEMENTS`` of the logits' device type)."""
+    queries = logits.shape[-1]
     band_elements = band_elements or TILE_ELEMENTS.get(logits.device.type, TILE_ELEMENTS["cpu"])
-    rows_per_band = max(1, band_elements // max(1, queries * out_w))
-    for start in range(0, out_h, rows_per_band):
-        stop = min(start + rows_per_band, out_h)
-        first, last = int(r0[start]), int(r1[stop - 1])
-        weights = _row_weights(r0[start:stop], r1[start:stop], rw[start:stop], first, last - first + 1, scale)
-        rows = (weights.to(logits.device) @ source_rows[first : last + 1]).view(1, stop - start, in_w, queries)
-        band = F.interpolate(rows.permute(0, 3, 1, 2), size=(stop - start, out_w), mode="bilinear", align_corners=False)
-        yield start, stop, band.permute(0, 2, 3, 1)[0].contiguous()  # already channels-last: no copy
+    rows_per_band = max(1, band_elements // max(1, queries * size[1]))
+    for start in range(0, size[0], rows_per_band):
+        stop = min(start + rows_per_band, size[0])
+        yield start, stop, resized_rows(logits, size, start, stop, scale)
 
 
 def reduce_logits(
@@ -180,6 +200,59 @@ def reduce_logits(
         labels[start:stop] = query_to_class[best]
     if background_threshold > 0:
         labels[scores < background_threshold] = 0
+    return labels, scores
+
+
+def reduce_logits_refined(
+    logits: torch.Tensor,
+    guide: torch.Tensor,
+    size: tuple[int, int],
+    settings: SegmentSettings,
+    query_to_class: torch.Tensor,
+    band_elements: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reduce_logits`` with PAMR between the resize and the softmax: the (3, h, w) normalised ``guide`` and
+    the (h, w, Q) logits are resized to ``size``, the logits refined, then soft-maxed and reduced.
+
+    Row bands of at most ``band_elements`` affinities (default: ``PAMR_ELEMENTS``) carry a halo of
+    ``iterations x max(dilations)`` rows on their inner sides and queries go in chunks, so the result equals
+    the whole-image computation; across chunks the softmax is accumulated online (running maximum and sum).
+    """
+    out_h, out_w = size
+    queries = logits.shape[-1]
+    dilations, iterations = settings.pamr_dilations, settings.pamr_iterations
+    halo = reach(iterations, dilations)
+    budget = band_elements or PAMR_ELEMENTS.get(logits.device.type, PAMR_ELEMENTS["cpu"])
+    neighbours = len(OFFSETS) * len(dilations)
+    whole = out_h * out_w * neighbours <= 2 * budget
+    rows_per_band = out_h if whole else max(halo, budget // (neighbours * out_w) - 2 * halo)
+    guide = guide.permute(1, 2, 0).contiguous()
+    query_to_class = query_to_class.to(device=logits.device, dtype=torch.int32)
+    labels = torch.empty(size, dtype=torch.int32, device=logits.device)
+    scores = torch.empty(size, dtype=torch.float32, device=logits.device)
+    for start in range(0, out_h, rows_per_band):
+        stop = min(start + rows_per_band, out_h)
+        first, last = max(0, start - halo), min(out_h, stop + halo)
+        weights = affinity(resized_rows(guide, size, first, last).permute(2, 0, 1), dilations)
+        chunk = max(1, budget // (4 * (last - first) * out_w))  # a band's logits and propagation's copies
+        top = total = best = None
+        for q0 in range(0, queries, chunk):
+            band = resized_rows(logits[..., q0 : q0 + chunk].contiguous(), size, first, last, settings.logit_scale)
+            refined = propagate(band.permute(2, 0, 1).contiguous(), weights, dilations, iterations)
+            refined = refined[:, start - first : stop - first]
+            chunk_top, chunk_best = refined.max(0)
+            if top is None:
+                top, best = chunk_top, chunk_best
+                total = torch.exp(refined - top).sum(0)
+            else:
+                new_top = torch.maximum(top, chunk_top)
+                total = total * torch.exp(top - new_top) + torch.exp(refined - new_top).sum(0)
+                best = torch.where(chunk_top > top, chunk_best + q0, best)
+                top = new_top
+        scores[start:stop] = total.reciprocal()  # the top query's probability, exp(top - top) / total
+        labels[start:stop] = query_to_class[best]
+    if settings.background_threshold > 0:
+        labels[scores < settings.background_threshold] = 0
     return labels, scores
 
 

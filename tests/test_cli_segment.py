@@ -61,7 +61,8 @@ def test_images_with_the_same_stem_get_their_own_outputs(tiny_model_name, tmp_pa
 def example_value(name):
     return {"templates": ["a {}."], "compile": True, "pretrained": "laion2b_s34b_b88k", "device": "cpu",
             "variant": "maskclip", "precision": "fp32", "instances": "semantic", "model": "ViT-L-14",
-            "class_thresholds": "per_class.yaml", "workers": 3, "max_pixels": 1234}.get(name)
+            "class_thresholds": "per_class.yaml", "workers": 3, "max_pixels": 1234, "refine": "pamr",
+            "pamr_dilations": [4, 8], "finishers": 2, "threads": 3}.get(name)
 
 
 @pytest.mark.parametrize("field", [f for f in fields(LabelJob) if f.name != "classes"], ids=lambda f: f.name)
@@ -70,7 +71,7 @@ def test_every_job_option_reaches_the_job(field):
     if value is None:
         value = 7 if field.type in ("int",) else 0.25
     flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-    argument = [] if value is True else [flag, *(value if isinstance(value, list) else [str(value)])]
+    argument = [] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
     if value is True:
         argument = [flag]
     args = build_parser().parse_args(["label", "data", "--class", "cat", *argument])
