@@ -346,6 +346,79 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ calibrate, refilter
+def add_calibrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="per-class min_score from what reviewers kept, for a target precision",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Learn, per class, the lowest min_score at which the pseudo-labels reviewers kept reach a "
+                     "target precision, from the\nsamples of a review dataset tagged as reviewed (--reviewed-tag). In "
+                     "the FiftyOne App, a reviewer marks the\nsamples they have checked by selecting them and adding "
+                     "the tag 'reviewed' (the tag icon above the grid).\nSamples tagged 'rejected' are left out. A "
+                     "pseudo-label is correct when it is still in pseudo_labels with its\nlabel, wrong when deleted "
+                     "or relabeled; relabeled and drawn detections are misses of their class. Classes with\nfewer "
+                     "than --min-reviewed reviewed pseudo-labels keep the run's threshold. Writes a "
+                     "--class-thresholds file."),
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="FiftyOne dataset name (see clearclip review)")
+    parser.add_argument("--target-precision", type=float, default=0.9, help="precision to reach per class (default: 0.9)")
+    parser.add_argument("--reviewed-tag", default="reviewed", help="tag of the reviewed samples (default: reviewed)")
+    parser.add_argument("--min-reviewed", type=int, default=20,
+                        help="reviewed pseudo-labels a class needs to be calibrated (default: 20)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE.yaml", help="the thresholds file to write")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also save precision-recall curves per class")
+    parser.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    from .atomic import write_text
+    from .calibrate import calibration_table, choose_thresholds, collect_evidence, plot_curves, thresholds_yaml
+
+    if not fo.dataset_exists(args.dataset):
+        raise ClearCLIPError(f"no FiftyOne dataset named '{args.dataset}'; known: {', '.join(fo.list_datasets())}")
+    evidence = collect_evidence(fo.load_dataset(args.dataset), args.reviewed_tag)
+    calibrations = choose_thresholds(evidence, args.target_precision, args.min_reviewed)
+    print(calibration_table(calibrations, args.target_precision))
+    write_text(args.out, thresholds_yaml(calibrations))
+    print(f"\nwrote {args.out} (use it with --class-thresholds, or clearclip refilter RUN --class-thresholds)")
+    if args.plot:
+        plot_curves(evidence, calibrations, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_refilter_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "refilter",
+        help="apply stricter thresholds to a finished run, without the model",
+        description="Write a new run folder (annotations.json, labels/, run.json) from RUN with stricter region "
+                    "thresholds: the annotations carry their scores and areas, so no image is segmented again. "
+                    "Thresholds can only get stricter, and the pixel threshold cannot change.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a finished clearclip label run")
+    parser.add_argument("--out", type=Path, required=True, metavar="NEW_RUN", help="the new run folder (must not exist)")
+    parser.add_argument("--class-thresholds", type=Path, metavar="FILE",
+                        help="per-class thresholds, JSON or YAML (e.g. from clearclip calibrate)")
+    parser.add_argument("--min-score", type=float, help="new default minimum mean score of a region")
+    parser.add_argument("--min-area", type=int, help="new default minimum area in pixels")
+    parser.add_argument("--min-area-fraction", type=float, help="new default minimum area as a fraction of the image")
+    parser.set_defaults(run=run_refilter)
+
+
+def run_refilter(args: argparse.Namespace) -> int:
+    from .merge import summary_table
+    from .refilter import refilter_run
+
+    summary = refilter_run(args.run_dir, args.out, args.class_thresholds, args.min_score, args.min_area,
+                           args.min_area_fraction)
+    print(summary_table({**summary, "failures": summary.get("failures", [])}))
+    print(f"\nwrote {args.out / 'annotations.json'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -360,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_coco_parser(subparsers)
     add_review_parser(subparsers)
     add_export_parser(subparsers)
+    add_calibrate_parser(subparsers)
+    add_refilter_parser(subparsers)
     return parser
 
 
