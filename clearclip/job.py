@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import re
 import typing
@@ -258,7 +259,7 @@ class LabelJob:
         settings = asdict(config.settings)
         templates = config.settings.templates
         settings["templates"] = "openai_imagenet_80" if tuple(templates) == DEFAULT_TEMPLATES else list(templates)
-        return {
+        return json.loads(json.dumps({  # exactly what config.json holds, so a stored config compares equal
             "description": "clearclip pseudo-annotations",
             "version": __version__,
             "model": description["model"],
@@ -271,7 +272,7 @@ class LabelJob:
             "background_class": config.vocabulary.has_background,
             "settings": settings,
             "thresholds": config.region_filter.to_dict(),
-        }
+        }))
 
 
 def _argparse_type(name: str, check: Callable) -> Callable:
