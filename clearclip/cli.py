@@ -327,14 +327,14 @@ def add_export_parser(subparsers) -> None:
         help="export reviewed labels from FiftyOne as COCO JSON",
         description="Write a FiftyOne dataset's labels as COCO JSON with the run's categories and compressed RLE "
                     "masks. Deleted detections are gone, relabeled ones carry their new category, and samples "
-                    "tagged 'rejected' are left out.",
+                    "tagged 'rejected' (or 'not-in-run': their image left the run) are left out.",
     )
     parser.add_argument("dataset", metavar="DATASET", help="FiftyOne dataset name (see clearclip review)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="output COCO JSON")
     parser.add_argument("--field", default="pseudo_labels", help="Detections field to export (default: pseudo_labels)")
     parser.add_argument("--tags", nargs="+", metavar="T", help="only samples with one of these tags")
-    parser.add_argument("--exclude-tags", nargs="*", default=["rejected"], metavar="T",
-                        help="leave out samples with any of these tags (default: rejected)")
+    parser.add_argument("--exclude-tags", nargs="*", default=["rejected", "not-in-run"], metavar="T",
+                        help="leave out samples with any of these tags (default: rejected not-in-run)")
     parser.set_defaults(run=run_export)
 
 
