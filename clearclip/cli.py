@@ -324,13 +324,25 @@ def run_review(args: argparse.Namespace) -> int:
 def add_export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export reviewed labels from FiftyOne as COCO JSON",
-        description="Write a FiftyOne dataset's labels as COCO JSON with the run's categories and compressed RLE "
-                    "masks. Deleted detections are gone, relabeled ones carry their new category, and samples "
-                    "tagged 'rejected' (or 'not-in-run': their image left the run) are left out.",
+        help="export reviewed labels from FiftyOne: COCO, YOLO, CVAT or PNG label maps",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a FiftyOne dataset's labels. Deleted detections are gone, relabeled ones carry their new "
+                    "category, and samples\ntagged 'rejected' (or 'not-in-run': their image left the run) are left "
+                    "out.\n\n"
+                    "  coco   one JSON file: the run's categories and image ids, compressed RLE masks\n"
+                    "  yolo   a folder in Ultralytics' segmentation layout: images/, labels/*.txt (normalised "
+                    "polygons), data.yaml\n"
+                    "  cvat   a folder: labels.xml (CVAT for images 1.1, polygons) and data/\n"
+                    "  masks  a folder: data/, labels/*.png (pixel value = class index + 1), classes.txt\n\n"
+                    "Polygons are exact pixel contours; every part of a mask is its own polygon and holes are kept "
+                    "(joined to\nthe outline by a zero-width cut), so no instance is dropped or filled in. Images "
+                    "are linked, not copied.",
     )
     parser.add_argument("dataset", metavar="DATASET", help="FiftyOne dataset name (see clearclip review)")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="output COCO JSON")
+    parser.add_argument("--format", default="coco", choices=["coco", "yolo", "cvat", "masks"],
+                        help="output format (default: coco)")
+    parser.add_argument("--out", type=Path, required=True, metavar="PATH",
+                        help="the JSON file (coco) or a new folder (the others)")
     parser.add_argument("--field", default="pseudo_labels", help="Detections field to export (default: pseudo_labels)")
     parser.add_argument("--tags", nargs="+", metavar="T", help="only samples with one of these tags")
     parser.add_argument("--exclude-tags", nargs="*", default=["rejected", "not-in-run"], metavar="T",
@@ -339,10 +351,10 @@ def add_export_parser(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_coco
+    from .formats import export_dataset
 
-    images, annotations = export_coco(args.dataset, args.out, args.field, args.tags, args.exclude_tags)
-    print(f"wrote {args.out}: {images} images, {annotations} annotations")
+    images = export_dataset(args.dataset, args.out, args.format, args.field, args.tags, args.exclude_tags)
+    print(f"wrote {args.out} ({args.format}): {images} images")
     return 0
 
 

@@ -1,0 +1,119 @@
+"""Exports read back with FiftyOne's importers (YOLO, CVAT) or as plain PNGs (masks): every instance comes back
+with its mask, holes, parts, one-pixel-wide lines and single pixels included."""
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from clearclip.cli import main
+from clearclip.export import detection_mask
+from clearclip.formats import mask_polygons
+
+HEIGHT, WIDTH = 49, 67  # sizes whose relative coordinates do not come out round
+
+
+def instance(mask, label, score=0.8):
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    y, x, h, w = rows[0], cols[0], rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    return fo.Detection(label=label, confidence=score, mask=mask[y : y + h, x : x + w],
+                        bounding_box=[x / WIDTH, y / HEIGHT, w / WIDTH, h / HEIGHT])
+
+
+def shapes():
+    ring = np.zeros((HEIGHT, WIDTH), bool)
+    ring[5:25, 5:25] = True
+    ring[10:18, 11:20] = False  # a hole
+    ring[13:15, 14:16] = True  # an island inside the hole: a second part
+    parts = np.zeros((HEIGHT, WIDTH), bool)
+    parts[30:40, 2:9] = True
+    parts[41:49, 20:30] = True  # touches the bottom edge
+    line = np.zeros((HEIGHT, WIDTH), bool)
+    line[3, 30:60] = True
+    line[4:20, 60] = True  # one pixel wide, bent
+    dot = np.zeros((HEIGHT, WIDTH), bool)
+    dot[44, 50] = True
+    blob = np.zeros((HEIGHT, WIDTH), bool)
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    blob[(yy - 32) ** 2 + (xx - 50) ** 2 < 60] = True
+    return [(ring, "cat"), (parts, "dog"), (line, "cat"), (dot, "dog"), (blob, "sofa")]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), 128, np.uint8)).save(root / "a.png")
+    dataset = fo.Dataset("formats-source")
+    dataset.info["clearclip"] = {"categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"},
+                                                {"id": 3, "name": "sofa"}]}
+    dataset.save()
+    dataset.add_sample(fo.Sample(filepath=str(root / "a.png"), pseudo_labels=fo.Detections(
+        detections=[instance(mask, label) for mask, label in shapes()])))
+    return dataset
+
+
+def test_polygons_fill_exactly_their_mask():
+    import cv2
+
+    for mask, _ in shapes():
+        filled = np.zeros(mask.shape, np.uint8)
+        for polygon in mask_polygons(mask):
+            cv2.fillPoly(filled, [polygon.astype(np.int32)], 1)
+        assert np.array_equal(filled.astype(bool), mask)
+
+
+def read_back(dataset_type, out, **kwargs):
+    name = f"read-{dataset_type.__name__}"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    return fo.Dataset.from_dir(dataset_dir=str(out), dataset_type=dataset_type, name=name, **kwargs).first()
+
+
+def ious(polylines):
+    """IoU of every original instance with the union of the read-back polygons of its label that overlap it."""
+    rendered = [(p.label, p.to_segmentation(frame_size=(WIDTH, HEIGHT), target=1).mask.astype(bool))
+                for p in polylines.polylines]
+    result = []
+    for mask, label in shapes():
+        mine = [m for lab, m in rendered if lab == label and (m & mask).sum() * 2 > m.sum()]
+        union = np.logical_or.reduce(mine) if mine else np.zeros_like(mask)
+        result.append((union & mask).sum() / (union | mask).sum())
+    return result, len(rendered)
+
+
+@pytest.mark.parametrize("format,dataset_type,kwargs", [
+    ("yolo", "YOLOv5Dataset", {"label_type": "polylines", "split": "train", "yaml_path": "data.yaml"}),
+    ("cvat", "CVATImageDataset", {}),
+])
+def test_polygon_formats_keep_every_instance(dataset, tmp_path, format, dataset_type, kwargs):
+    out = tmp_path / format
+    assert main(["export", dataset.name, "--format", format, "--out", str(out)]) == 0
+    if "yaml_path" in kwargs:
+        kwargs = {**kwargs, "yaml_path": str(out / kwargs["yaml_path"])}
+        assert (out / "labels" / "train").is_dir() and (out / "images" / "train").is_dir()
+    sample = read_back(getattr(fo.types, dataset_type), out, **kwargs)
+    field = "ground_truth" if format == "yolo" else "polylines"
+    values, parts = ious(sample[field])
+    assert min(values) == 1.0, values  # exact contours: no approximation, so no loss
+    assert parts == 7  # ring: outline with its hole, and the island; parts: 2; line, dot, blob: 1 each
+
+
+def test_masks_format_is_label_maps_and_a_class_list(dataset, tmp_path):
+    out = tmp_path / "masks"
+    assert main(["export", dataset.name, "--format", "masks", "--out", str(out)]) == 0
+    classes = (out / "classes.txt").read_text().split("\n")[:-1]
+    assert classes == ["background", "cat", "dog", "sofa"]
+    label_map = np.asarray(Image.open(out / "labels" / "a.png"))
+    expected = np.zeros((HEIGHT, WIDTH), np.uint8)
+    sample = dataset.first()
+    for detection in sample.pseudo_labels.detections:
+        mask, x, y = detection_mask(detection, WIDTH, HEIGHT)
+        expected[y : y + mask.shape[0], x : x + mask.shape[1]][mask] = classes.index(detection.label)
+    assert np.array_equal(label_map, expected) and (label_map > 0).sum() > 100
+
+
+def test_export_refuses_a_folder_that_is_not_empty(dataset, tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").touch()
+    assert main(["export", dataset.name, "--format", "yolo", "--out", str(tmp_path / "busy")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
