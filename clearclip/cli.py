@@ -310,6 +310,9 @@ def add_review_parser(subparsers) -> None:
 
 
 def run_review(args: argparse.Namespace) -> int:
+    from .review import app_environment
+
+    app_environment()
     from .review import launch, load_run
 
     if args.gt is not None and not args.gt.exists():

@@ -62,33 +62,41 @@ def export_coco(
 ) -> tuple[int, int]:
     """Write the labels of ``field`` as COCO JSON; returns (images, annotations) written.
 
-    Image ids are the run's (``coco_image_id``); annotation ids run from 1 in image order. Categories keep
-    the run's ids and names (a label renamed to a new name gets the next id). Samples tagged with any of
-    ``exclude_tags`` are left out; with ``tags``, only samples with one of them are kept.
+    Samples tagged with any of ``exclude_tags`` are left out; with ``tags``, only samples with one of them
+    are kept. See ``export_view_coco``.
     """
     import fiftyone as fo
 
-    out = _output_path(out)
     if not fo.dataset_exists(dataset_name):
         raise ClearCLIPError(f"no FiftyOne dataset named '{dataset_name}'; known: {', '.join(fo.list_datasets())}")
-    dataset = fo.load_dataset(dataset_name)
-    if not dataset.has_sample_field(field):
-        raise ClearCLIPError(f"dataset '{dataset_name}' has no field '{field}'")
-    run = dataset.info.get("clearclip", {})
-    categories = [dict(c) for c in run.get("categories", [])]
-    category_ids = {c["name"]: c["id"] for c in categories}
-
-    view = dataset.view()
+    view = fo.load_dataset(dataset_name).view()
     if tags:
         view = view.match_tags(list(tags))
     if exclude_tags:
         view = view.match_tags(list(exclude_tags), bool=False)
+    return export_view_coco(view, out, field)
+
+
+def export_view_coco(view, out: str | Path, field: str = PRED_FIELD) -> tuple[int, int]:
+    """Write the Detections of ``field`` of the samples of ``view`` as COCO JSON; returns (images, annotations).
+
+    Image ids are the run's (``coco_image_id``) where samples have them; annotation ids run from 1 in image
+    order. Categories keep the run's ids and names (a label renamed to a new name gets the next id).
+    """
+    out = _output_path(out)
+    dataset = view._dataset
+    if not dataset.has_sample_field(field):
+        raise ClearCLIPError(f"dataset '{dataset.name}' has no field '{field}'")
+    run = dataset.info.get("clearclip", {})
+    categories = [dict(c) for c in run.get("categories", [])]
+    category_ids = {c["name"]: c["id"] for c in categories}
     has_ids = dataset.has_sample_field("coco_image_id")
     view = view.sort_by("coco_image_id") if has_ids else view
 
-    info = {**run.get("info", {}), "exported_from": dataset_name, "field": field}
+    info = {**run.get("info", {}), "exported_from": dataset.name, "field": field}
     with CocoWriter(out, info, categories) as coco:
-        for sample in view.select_fields([field, "file_name", "metadata"] + (["coco_image_id"] if has_ids else [])):
+        kept = [f for f in ("file_name", "coco_image_id") if dataset.has_sample_field(f)]
+        for sample in view.select_fields([field, "metadata", *kept]):
             if sample.metadata is None or sample.metadata.width is None:
                 sample.compute_metadata()
             width, height = sample.metadata.width, sample.metadata.height
@@ -115,7 +123,8 @@ def export_coco(
                 if detection.confidence is not None:
                     annotation["score"] = round(float(detection.confidence), SCORE_DIGITS)
                 lines.append(json.dumps(annotation, ensure_ascii=False))
-            file_name = sample["file_name"] if sample.has_field("file_name") and sample["file_name"] else Path(sample.filepath).name
+            has_name = sample.has_field("file_name") and sample["file_name"]
+            file_name = sample["file_name"] if has_name else Path(sample.filepath).name
             image_id = sample["coco_image_id"] if has_ids and sample["coco_image_id"] else None
             coco.add_image(file_name, width, height, lines, image_id=image_id)
     return coco.images, coco.annotations

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from .errors import ClearCLIPError
 from .run_folder import RunFolder
+from .visualize import palette
 
 PRED_FIELD = "pseudo_labels"
 RUN_FIELD = "pseudo_labels_run"
@@ -35,6 +38,38 @@ LEAST_CONFIDENT_VIEW = "least-confident-first"
 RUN_CHANGED_TAG = "run-changed"
 NOT_IN_RUN_TAG = "not-in-run"
 BATCH = 200
+
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"  # the repository's FiftyOne plugins
+
+
+def app_environment() -> None:
+    """Before FiftyOne is imported: no usage tracking, and the App finds clearclip's plugin (unless the user
+    chose another plugins directory)."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    if PLUGINS_DIR.is_dir():
+        os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(PLUGINS_DIR))
+
+
+def class_colors(names: list[str]) -> dict[str, str]:
+    """A stable colour per class name: the same class has the same colour in every run and view."""
+    colors = palette(len(names) + 1)[1:]
+    return {name: "#%02x%02x%02x" % tuple(int(c) for c in color) for name, color in zip(names, colors)}
+
+
+def _app_config(dataset, categories: list[dict]) -> None:
+    """Colour labels by class, the label map by value; show the editable labels and the label map."""
+    import fiftyone as fo
+
+    colors = class_colors([c["name"] for c in categories])
+    by_value = [{"value": name, "color": color} for name, color in colors.items()]
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", opacity=0.5, fields=[
+        {"path": PRED_FIELD, "colorByAttribute": "label", "valueColors": by_value},
+        {"path": RUN_FIELD, "colorByAttribute": "label", "valueColors": by_value},
+        {"path": SEGMENTATION_FIELD, "maskTargetsColors": [{"intTarget": c["id"], "color": colors[c["name"]]}
+                                                           for c in categories]},
+    ])
+    dataset.app_config.active_fields = fo.ActiveFields(paths=[PRED_FIELD, SEGMENTATION_FIELD])
 
 
 def default_dataset_name(run_dir: str | Path) -> str:
@@ -224,6 +259,7 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     dataset.mask_targets = {**dataset.mask_targets, SEGMENTATION_FIELD: {0: "background", **classes_map}}
     dataset.info["clearclip"] = {"run_dir": str(run_dir.resolve()), "dataset_dir": str(dataset_dir),
                                  "categories": categories, "info": info}
+    _app_config(dataset, categories)
     dataset.save()
 
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
@@ -358,10 +394,19 @@ def _detections(detections: list):
     return fo.Detections(detections=[d for d in detections if d is not None])
 
 
+class _RemovedOptionNoise(logging.Filter):
+    """FiftyOne's session copies its own App config, re-reading option names it has removed, and warns about
+    them although nobody set them; those three lines say nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "App config option has been removed" not in record.getMessage()
+
+
 def launch(dataset, port: int = 5151, address: str = "127.0.0.1") -> None:
     """Open the FiftyOne App on the least-confident-first view and serve until interrupted."""
     import fiftyone as fo
 
+    logging.getLogger("fiftyone.core.config").addFilter(_RemovedOptionNoise())
     session = fo.launch_app(dataset, view=dataset.load_saved_view(LEAST_CONFIDENT_VIEW), port=port, address=address,
                             auto=False)
     print(f"FiftyOne App: http://{address}:{port}/datasets/{dataset.name}  (Ctrl-C stops it)", flush=True)

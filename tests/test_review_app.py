@@ -1,53 +1,75 @@
-"""The FiftyOne App, served by `clearclip review`, seen through headless Chromium."""
+"""The FiftyOne App served by `clearclip review`, seen through headless Chromium: the grid with labels coloured
+by class, a sample, and clearclip's operators in the App's operator list. With CLEARCLIP_UPDATE_SCREENSHOTS=1
+the screenshots replace those in docs/."""
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, Browser
 from clearclip.cli import main
-from folders import write_plain_folder
 from processes import free_port, kill_tree
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--virtual-time-budget=20000", "--window-size=1400,900"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
-def test_app_shows_the_dataset(tmp_path, tiny_model_name):
-    root = tmp_path / "data"
-    write_plain_folder(root, 3, size=(48, 64))
+def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
     run = tmp_path / "run"
-    assert main(["label", str(root), "--out", str(run), "--model", tiny_model_name, "--device", "cpu", "--quiet",
-                 "--workers", "0", "--short-side", "48", "--crop", "32", "--stride", "16", "--class", "sky",
-                 "--class", "grass"]) == 0
+    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
+                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
     port, name = free_port(), "app-check-run"
-    log = open(tmp_path / "review.log", "wb")
+    log = tmp_path / "review.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("FIFTYONE_DO_NOT_TRACK", "FIFTYONE_PLUGINS_DIR")}
     app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
-                           stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}/datasets/{name}"
         deadline = time.monotonic() + 120
         while True:
-            assert app.poll() is None, (tmp_path / "review.log").read_text()
+            assert app.poll() is None, log.read_text()
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "the App did not start"
                 time.sleep(0.5)
-        screenshot = tmp_path / "app.png"
-        subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-1'}", f"--screenshot={screenshot}",
-                        url], capture_output=True, timeout=120)
-        assert screenshot.is_file() and screenshot.stat().st_size > 10_000
-        dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-2'}", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=120).stdout
-        assert name in dom
-        assert "pseudo_labels" in dom and "least-confident-first" in dom
+        import fiftyone as fo
+
+        sample_id = fo.load_dataset(name).sort_by("mean_confidence").first().id
+
+        async def look(page):
+            url = f"http://127.0.0.1:{port}/datasets/{name}"
+            await page.open(url, 15)
+            await page.click_text("Dismiss")  # FiftyOne's own promotion, not part of the run
+            await asyncio.sleep(2)
+            grid_text = await page.text()
+            await page.screenshot(tmp_path / "review-app.png")
+            await page.open(f"{url}?id={sample_id}", 15)
+            await page.screenshot(tmp_path / "review-sample.png")
+            await page.open(url, 12)
+            await page.click_text("Dismiss")
+            await page.press("`", "Backquote")  # the App's operator browser
+            await asyncio.sleep(2)
+            await page.type("clearclip")
+            await asyncio.sleep(2)
+            await page.screenshot(tmp_path / "review-operators.png")
+            return grid_text, await page.text()
+
+        with Browser() as browser:
+            grid, operators = browser.run(look)
     finally:
         kill_tree(app, sig_kill=False)
+    assert "pseudo_labels" in grid and "pseudo_segmentation" in grid and "4 samples" in grid
+    assert "Label with ClearCLIP" in operators and "Export the current view to COCO (clearclip)" in operators
+    assert "App config option has been removed" not in log.read_text()
+    for shot in ("review-app.png", "review-sample.png", "review-operators.png"):
+        assert (tmp_path / shot).stat().st_size > 20_000
+        if os.environ.get("CLEARCLIP_UPDATE_SCREENSHOTS"):
+            shutil.copy(tmp_path / shot, ROOT / "docs" / shot)
