@@ -19,6 +19,7 @@ from .segmentation import (
     PreparedImage,
     Segmentation,
     SegmentSettings,
+    category_map,
     model_input,
     prepare_image,
     reduce_logits,
@@ -170,13 +171,8 @@ class ClearCLIP:
         lookup = torch.tensor(category_ids, dtype=torch.int16 if max(category_ids) > 255 else torch.uint8)
         thresholds = torch.tensor(pixel_thresholds, dtype=torch.float32)
         lookup, thresholds = lookup.to(self.device), thresholds.to(self.device)
-        maps = []
-        for labels, scores in self._segment_on_device(prepared, vocabulary, settings):
-            categories = lookup[labels]
-            if bool(thresholds.any()):
-                categories[scores < thresholds[labels]] = 0
-            maps.append((categories, scores))
-        return BatchResult(maps)
+        return BatchResult([(category_map(labels, scores, lookup, thresholds), scores)
+                            for labels, scores in self._segment_on_device(prepared, vocabulary, settings)])
 
     def _segment_on_device(
         self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings

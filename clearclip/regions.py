@@ -8,16 +8,12 @@ import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import ClearCLIPError
 from .vocabulary import Vocabulary
-
-if TYPE_CHECKING:
-    from .segmentation import Segmentation
 
 INSTANCE_MODES = ("components", "semantic")
 
@@ -112,17 +108,6 @@ class Region:
         """The region's boolean mask inside its box (the way FiftyOne stores instance masks)."""
         x, y, w, h = self.bbox
         return mask_utils.decode(self.rle).astype(bool)[y : y + h, x : x + w]
-
-
-def category_map(segmentation: Segmentation, vocabulary: Vocabulary, region_filter: RegionFilter) -> np.ndarray:
-    """Label map of COCO category ids (uint8, or uint16 past 255); 0 where background or below the class's
-    pixel threshold."""
-    ids = np.array([cid or 0 for cid in vocabulary.category_ids()], dtype=np.uint8 if len(vocabulary) < 256 else np.uint16)
-    result = ids[segmentation.labels]
-    thresholds = np.array([region_filter.for_class(name).pixel_threshold for name in vocabulary.names], np.float32)
-    if thresholds.any():
-        result[segmentation.scores < thresholds[segmentation.labels]] = 0
-    return result
 
 
 def _row_runs(categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -203,6 +203,16 @@ def reduce_logits(
     return labels, scores
 
 
+def category_map(labels: torch.Tensor, scores: torch.Tensor, category_ids: torch.Tensor,
+                 pixel_thresholds: torch.Tensor) -> torch.Tensor:
+    """The map of ``category_ids[class]`` per pixel, 0 where the score is below ``pixel_thresholds[class]``
+    (on the labels' device)."""
+    categories = category_ids[labels]
+    if bool(pixel_thresholds.any()):
+        categories[scores < pixel_thresholds[labels]] = 0
+    return categories
+
+
 def reduce_logits_refined(
     logits: torch.Tensor,
     guide: torch.Tensor,

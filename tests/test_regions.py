@@ -9,8 +9,7 @@ from scipy import ndimage
 
 from clearclip import ClearCLIPError, Vocabulary
 from clearclip.coco import CocoWriter, decode_rle, encode_rle, encode_rle_in_box, region_annotation
-from clearclip.regions import RegionFilter, Thresholds, category_map, extract_regions, load_class_thresholds
-from clearclip.segmentation import Segmentation
+from clearclip.regions import RegionFilter, Thresholds, extract_regions, load_class_thresholds
 
 VOCABULARY = Vocabulary.from_strings(["background", "cat", "dog"])
 
@@ -42,14 +41,6 @@ def test_filter_boundaries_keep_what_is_exactly_at_the_threshold():
     assert [r.area for r in regions_of(categories, scores, min_area=3, min_score=0.25)] == [4, 3, 4]
     # min_area_fraction: 4 of 40 pixels is exactly 0.1
     assert [r.area for r in regions_of(categories, scores, min_area_fraction=0.1)] == [4, 4]
-
-
-def test_per_class_pixel_thresholds():
-    labels = np.array([[1, 1, 2, 2]])
-    scores = np.array([[0.3, 0.7, 0.3, 0.7]], np.float32)
-    region_filter = RegionFilter(Thresholds(pixel_threshold=0.5), {"dog": Thresholds(pixel_threshold=0.2)})
-    result = category_map(Segmentation(labels, scores, VOCABULARY.names), VOCABULARY, region_filter)
-    assert result.tolist() == [[0, 1, 2, 2]]
 
 
 def reference_regions(categories, scores, region_filter):

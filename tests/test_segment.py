@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clearclip import ClearCLIP, Vocabulary
-from clearclip.segmentation import TILE_ELEMENTS, LogitAccumulator, reduce_logits
+from clearclip.segmentation import TILE_ELEMENTS, LogitAccumulator, category_map, reduce_logits
 from clearclip.windows import Padding, Window, center_padding, resized_size, sliding_windows
 from reference import reference_segment, reference_text
 
@@ -191,3 +191,11 @@ def test_segment_in_small_bands_equals_default_bands(cc, monkeypatch):
     banded = cc.segment(image, classes, **SMALL)
     assert np.array_equal(banded.labels, default.labels)
     assert np.abs(banded.scores - default.scores).max() < 1e-6
+
+
+def test_per_class_pixel_thresholds():
+    labels = torch.tensor([[0, 1, 1, 2, 2]])
+    scores = torch.tensor([[0.9, 0.3, 0.7, 0.3, 0.7]])
+    ids = torch.tensor([0, 1, 2], dtype=torch.uint8)  # background has no category
+    thresholds = torch.tensor([0.5, 0.5, 0.2])  # dog has its own, lower threshold
+    assert category_map(labels, scores, ids, thresholds).tolist() == [[0, 0, 1, 2, 2]]
