@@ -163,10 +163,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--keep", type=Path, help="build the runs here and keep them (default: a temp folder)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from private_mongo import start_private_mongod
+
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(root / "fiftyone-db"), "FIFTYONE_DO_NOT_TRACK": "true",
-               "PYTHONPATH": str(Path(__file__).parent)}
+        mongod = start_private_mongod(root / "fiftyone-db")  # not whatever FiftyOne database runs here
+        env = {**os.environ, "FIFTYONE_DO_NOT_TRACK": "true", "PYTHONPATH": str(Path(__file__).parent)}
         rows = []
         for count in args.sizes:
             start = time.perf_counter()
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
         code = f"from pathlib import Path\nRUN = Path({str(root / 'large-run')!r})\n{LARGE_MAP}"
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         above, label_map = (float(v) for v in result.stdout.split())
+        mongod.terminate()
     print(f"\n{'images':>7} {'step':<20} {'seconds':>10} {'peak RSS MB':>11}")
     for count, step, seconds, peak in rows:
         print(f"{count:>7} {step:<20} {seconds:>10.1f} {peak:>11.0f}")

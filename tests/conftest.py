@@ -9,12 +9,15 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="clearclip-tests-"))
 os.environ.setdefault("CLEARCLIP_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["FIFTYONE_DATABASE_DIR"] = str(_SESSION_TMP / "fiftyone-db")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(Path(__file__).resolve().parents[1] / "plugins")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from private_mongo import start_private_mongod  # noqa: E402
 from tiny_model import build_tiny_model, save_local_dir  # noqa: E402
+
+# FiftyOne would attach to any database service already running here; the tests get a server of their own.
+_MONGOD = start_private_mongod(_SESSION_TMP / "fiftyone-db")
 
 SHARED = Path(__file__).resolve().parents[1] / "workspace"
 
@@ -43,3 +46,8 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+def pytest_unconfigure(config):
+    _MONGOD.terminate()
+    _MONGOD.wait(30)

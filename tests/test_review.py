@@ -1,4 +1,4 @@
-"""FiftyOne review and COCO export against a real FiftyOne database (temporary FIFTYONE_DATABASE_DIR).
+"""FiftyOne review and COCO export against a real FiftyOne database (a private mongod, see private_mongo.py).
 
 Masks are checked against pycocotools' own decoding, evaluation against pycocotools' COCOeval, and
 mask placement against FiftyOne's Detection.to_segmentation: never against our own inverse."""
