@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -51,3 +52,4 @@ def prefect_harness():
 def pytest_unconfigure(config):
     _MONGOD.terminate()
     _MONGOD.wait(30)
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
