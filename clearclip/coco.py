@@ -69,16 +69,20 @@ def categories(vocabulary: Vocabulary) -> list[dict]:
     ]
 
 
-def region_annotation(region: Region, vocabulary: Vocabulary) -> dict:
-    """A COCO annotation without ``id`` and ``image_id`` (those are given when the run is merged)."""
-    return {
-        "category_id": vocabulary.category_ids()[region.class_index],
-        "segmentation": region.rle,
-        "area": region.area,
-        "bbox": [int(v) for v in region.bbox],
-        "iscrowd": 0,
-        "score": round(region.score, SCORE_DIGITS),
-    }
+def region_annotations(regions: list[Region], vocabulary: Vocabulary) -> list[dict]:
+    """COCO annotations of regions, without ``id`` and ``image_id`` (those are given when the run is merged)."""
+    category_ids = vocabulary.category_ids()
+    return [
+        {
+            "category_id": category_ids[region.class_index],
+            "segmentation": region.rle,
+            "area": region.area,
+            "bbox": list(region.bbox),
+            "iscrowd": 0,
+            "score": round(region.score, SCORE_DIGITS),
+        }
+        for region in regions
+    ]
 
 
 class CocoWriter:

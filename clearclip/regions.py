@@ -221,9 +221,10 @@ def extract_regions(
         return []
     painted = np.repeat(component_of_run, ends - starts).reshape(height, width)
     counts = _column_run_lengths(painted, components[kept])
+    rles = mask_utils.frPyObjects([{"size": [height, width], "counts": counts[c]} for c in components[kept].tolist()],
+                                  height, width)
     regions = []
-    for k in kept:
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts[int(components[k])]}, height, width)
+    for k, rle in zip(kept.tolist(), rles):
         rle["counts"] = rle["counts"].decode("ascii")
         box = (int(left[k]), int(top[k]), int(right[k] - left[k]), int(bottom[k] - top[k]))
         regions.append(Region(int(classes[k]), box, float(score[k]), int(area[k]), rle))

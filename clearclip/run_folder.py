@@ -35,6 +35,7 @@ from .images import RUN_MARKER, ImageFile
 
 DONE, FAILED, TODO = "done", "failed", "todo"
 HEADER_LIMIT = 1 << 16  # a header line is a few hundred bytes; anything longer is not one
+_to_json = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every record line
 
 
 def manifest_key(names: Iterable[str]) -> str:
@@ -208,8 +209,7 @@ class RunFolder:
             per_category[key] = per_category.get(key, 0) + 1
         header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, "status": DONE,
                   "width": int(width), "height": int(height), "precision": precision, "per_category": per_category}
-        lines = [json.dumps(header, ensure_ascii=False)]
-        lines += [json.dumps(annotation, ensure_ascii=False) for annotation in annotations]
+        lines = [_to_json(header)] + [_to_json(annotation) for annotation in annotations]
         write_text(self.record_path(image.name), "\n".join(lines) + "\n")
 
     def write_failure(self, image: ImageFile, error: str) -> int:

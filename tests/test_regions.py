@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from clearclip import ClearCLIPError, Vocabulary
-from clearclip.coco import CocoWriter, decode_rle, encode_rle, encode_rle_in_box, region_annotation
+from clearclip.coco import CocoWriter, decode_rle, encode_rle, encode_rle_in_box, region_annotations
 from clearclip.regions import RegionFilter, Thresholds, extract_regions, load_class_thresholds
 
 VOCABULARY = Vocabulary.from_strings(["background", "cat", "dog"])
@@ -70,7 +70,7 @@ def test_regions_equal_the_full_mask_algorithm(seed, shape):
     categories[rng.random((h, w)) < 0.1] = rng.integers(0, 3)
     scores = rng.random((h, w)).astype(np.float32)
     region_filter = RegionFilter(Thresholds(min_area=2, min_score=0.3, min_area_fraction=0.0))
-    ours = [region_annotation(r, VOCABULARY) for r in extract_regions(categories, scores, VOCABULARY, region_filter)]
+    ours = region_annotations(extract_regions(categories, scores, VOCABULARY, region_filter), VOCABULARY)
     expected = reference_regions(categories, scores, region_filter)
     assert [(a["category_id"], a["segmentation"], a["area"], a["bbox"], a["score"]) for a in ours] == expected
 
