@@ -1,9 +1,12 @@
 """Can the host keep up with the model? Host cost per image, finishing throughput per core, model-only against
 end-to-end images/s, and a run beside a CPU-bound neighbour.
 
-1. Host cost per VOC-size image, CPU ms by step, on label maps and scores stored from a real labeler run
-   (ViT-B-16 random weights, 500x375, the 21 VOC classes): decode, host-side prepare, finish (label map PNG,
-   regions, RLE, record). Resize and normalisation run on the model's device, so they are model work.
+1. Host cost per VOC-size image, CPU ms by step, on label maps and scores stored from real labeler runs
+   (ViT-B-16 random weights, 500x375, the 21 VOC classes) of two image sets: synthetic images, whose maps
+   random weights fragment into ~100 kept regions, and the workspace photos resized, ~15: decode, host-side
+   prepare, finish (label map PNG, regions, RLE, record). Resize and normalisation run on the model's device,
+   so they are model work. The baseline is the straightforward finish this replaced (one scipy labeling and
+   one full-image mask per region, PIL's default PNG, one json.dumps per annotation), same outputs.
 2. Finishing throughput: the same stored maps through 1 finishing process, then through all the cores.
 3. Model-only (decoded images, ``segment_categories`` alone) against ``clearclip label`` end to end.
 4. ``clearclip label`` of small images idle, then beside a process that keeps one core busy.
@@ -15,6 +18,7 @@ end-to-end images/s, and a run beside a CPU-bound neighbour.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +34,8 @@ import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from pycocotools import mask as mask_utils  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from clearclip import ClearCLIP  # noqa: E402
 from clearclip.evaluation import BENCHMARKS  # noqa: E402
@@ -38,10 +44,13 @@ from clearclip.images import ImageFile, load_image, scan_images  # noqa: E402
 from clearclip.job import LabelJob  # noqa: E402
 from clearclip.labeling import label_folder  # noqa: E402
 from clearclip.run_folder import RunFolder  # noqa: E402
+from clearclip.regions import extract_regions  # noqa: E402
 from clearclip.segmentation import prepare_image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import synthetic_images  # noqa: E402
+
+WORKSPACE_SAMPLES = Path(__file__).resolve().parent.parent / "workspace" / "samples"
 
 
 def cpu_ms(function, repeat: int) -> float:
@@ -55,16 +64,46 @@ def cpu_ms(function, repeat: int) -> float:
     return 1e3 * best
 
 
-def host_costs(folder: Path, maps: list, config) -> dict[str, float]:
+def baseline_finish(out: Path, categories: np.ndarray, scores: np.ndarray, config) -> None:
+    """The finish #14 replaced: per class a scipy labeling, per region a full-image mask and its RLE."""
+    Image.fromarray(categories.astype(np.uint8)).save(out / "labels.png", format="PNG")
+    class_of_category = {cid: i for i, cid in enumerate(config.vocabulary.category_ids()) if cid is not None}
+    lines = []
+    for category in np.unique(categories):
+        if category == 0:
+            continue
+        thresholds = config.region_filter.for_class(config.vocabulary.names[class_of_category[int(category)]])
+        components, count = ndimage.label(categories == category, structure=np.ones((3, 3), dtype=bool))
+        areas = np.bincount(components.ravel(), minlength=count + 1)
+        sums = np.bincount(components.ravel(), weights=scores.ravel(), minlength=count + 1)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            area, score = int(areas[index]), float(sums[index] / areas[index])
+            if area < thresholds.min_pixels(categories.size) or score < thresholds.min_score:
+                continue
+            rle = mask_utils.encode(np.asfortranarray((components == index).astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            rows, cols = box
+            bbox = [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]
+            lines.append(json.dumps({"category_id": int(category), "segmentation": rle, "area": area, "bbox": bbox,
+                                     "iscrowd": 0, "score": round(score, 6)}, ensure_ascii=False))
+    (out / "record.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def host_costs(folder: Path, maps: list, config) -> dict[str, tuple[float, float]]:
+    """CPU ms per image by step: (baseline, ours); decode and prepare have no baseline of their own."""
     files = sorted(folder.glob("*.jpg"))
-    run = RunFolder(folder.parent / "host-costs")
+    run = RunFolder(folder.parent / f"host-costs-{folder.name}")
+    run.root.mkdir()
     images = [load_image(f) for f in files]
     finish = lambda i: finish_maps(run, ImageFile(f"{i}.jpg", 1, 1), *maps[i % len(maps)], config.vocabulary,  # noqa: E731
                                    config.region_filter, "fp32")
+    baseline = lambda i: baseline_finish(run.root, *maps[i % len(maps)], config)  # noqa: E731
+    decode = cpu_ms(lambda i: load_image(files[i % len(files)]), len(files))
+    prepare = cpu_ms(lambda i: prepare_image(images[i % len(images)]), len(files))
     return {
-        "decode (JPEG)": cpu_ms(lambda i: load_image(files[i % len(files)]), len(files)),
-        "prepare (host part: to a tensor)": cpu_ms(lambda i: prepare_image(images[i % len(images)]), len(files)),
-        "finish (PNG, regions, RLE, record)": cpu_ms(finish, len(files)),
+        "decode (JPEG)": (decode, decode),
+        "prepare (host part: to a tensor)": (prepare, prepare),
+        "finish (PNG, regions, RLE, record)": (cpu_ms(baseline, len(files)), cpu_ms(finish, len(files))),
     }
 
 
@@ -171,21 +210,32 @@ def main(argv=None) -> int:
         for i, image in enumerate(synthetic_images(count, 375, 500)):
             Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=90)
 
-        stored = min(count, 6)  # label maps of a real run, for the host measurements
-        prepared = [prepare_image(load_image(folder / f"{i:05d}.jpg")) for i in range(stored)]
+        photos = root / "photos"
+        photos.mkdir()
+        for path in sorted(WORKSPACE_SAMPLES.iterdir()):
+            Image.fromarray(load_image(path)).resize((500, 375)).save(photos / f"{path.stem}.jpg", quality=90)
         ids = [cid or 0 for cid in config.vocabulary.category_ids()]
-        maps = cc.segment_categories(prepared, config.vocabulary, config.settings, ids, [0.0] * len(ids)).maps()
-        maps = [(c.copy(), s.copy()) for c, s in maps]
-        costs = host_costs(folder, maps, config)
+        host = {}
+        for name, images in (("synthetic images", folder), ("workspace photos", photos)):
+            files = sorted(images.glob("*.jpg"))[:6]  # label maps of a real run, for the host measurements
+            prepared = [prepare_image(load_image(f)) for f in files]
+            maps = cc.segment_categories(prepared, config.vocabulary, config.settings, ids, [0.0] * len(ids)).maps()
+            maps = [(c.copy(), s.copy()) for c, s in maps]
+            kept = np.mean([len(extract_regions(c, s, config.vocabulary, config.region_filter)) for c, s in maps])
+            host[name] = (len(files), kept, maps, host_costs(images, maps, config))
+        maps = host["synthetic images"][2]
         finish_count = 200 if args.quick else 1000
         one = finishing_throughput(root, maps, config, 1, finish_count)
         every = finishing_throughput(root, maps, config, cores, finish_count) if cores > 1 else one
 
-        print(f"host: {cores} cores available; stored maps of {stored} images 500x375, 21 classes")
-        for step, ms in costs.items():
-            print(f"  {step:<36} {ms:6.2f} ms CPU")
-        print(f"  {'total per image':<36} {sum(costs.values()):6.2f} ms CPU")
-        print(f"finishing: 1 process {one:7.1f} images/s, {cores} processes {every:7.1f} images/s "
+        print(f"host: {cores} cores available; CPU ms per image, stored maps of real runs, 500x375, 21 classes")
+        for name, (stored, kept, _, costs) in host.items():
+            print(f"  {name}: {stored} maps, {kept:.0f} regions kept per image   baseline     ours  speedup")
+            for step, (baseline, ours) in costs.items():
+                print(f"    {step:<36} {baseline:8.2f} {ours:8.2f} {baseline / ours:7.2f}x")
+            baseline, ours = (sum(c[side] for c in costs.values()) for side in (0, 1))
+            print(f"    {'total per image':<36} {baseline:8.2f} {ours:8.2f} {baseline / ours:7.2f}x")
+        print(f"finishing (synthetic maps): 1 process {one:7.1f} images/s, {cores} processes {every:7.1f} images/s "
               f"({every / one:.2f}x)")
 
         batch_sizes = [8, 16, 32, 64] if device.type == "cuda" else [4]
