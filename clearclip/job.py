@@ -112,6 +112,13 @@ def optional(check: Callable) -> Callable:
     return wrapped
 
 
+def pretrained_check(value):
+    """A pretrained tag or weight file; None, or 'none' in any case, for random weights."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return text(value)
+
+
 def templates_check(value):
     if value is None:
         return None
@@ -154,7 +161,7 @@ class LabelJob:
                         "hf-hub:org/repo", text, MODEL)
     pretrained: str | None = option("openai", "pretrained tag (openai, laion2b_s34b_b88k, ...) or a weight file; "
                                     "'none' for random weights, seeded (tests and benchmarks only); ignored for "
-                                    "local-dir:/hf-hub:", optional(text), MODEL)
+                                    "local-dir:/hf-hub:", pretrained_check, MODEL)
     variant: str = option("clearclip", "last-block decomposition: clearclip (q-q attention, no residual, no FFN), "
                           "vanilla (unmodified CLIP), maskclip, sclip", one_of(*VARIANT_NAMES), MODEL)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...", device_name, MODEL)
@@ -214,8 +221,6 @@ class LabelJob:
     def from_args(cls, args: argparse.Namespace, classes: str | list[str]) -> "LabelJob":
         """The job that parsed CLI options describe (options the parser did not define keep their defaults)."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "classes" and hasattr(args, f.name)}
-        if isinstance(values.get("pretrained"), str) and values["pretrained"].lower() == "none":
-            values["pretrained"] = None
         return cls(classes, **values)
 
     def to_dict(self) -> dict:

@@ -78,6 +78,14 @@ def test_every_job_option_reaches_the_job(field):
     assert getattr(LabelJob.from_args(args, ["cat"]), field.name) == value
 
 
+@pytest.mark.parametrize("value", ["none", "None", " NONE ", None])
+def test_pretrained_none_means_random_weights_from_the_cli_the_flow_and_the_api(value):
+    assert LabelJob(["cat"], pretrained=value).pretrained is None  # what the flows and the Python API build
+    if value is not None:
+        args = build_parser().parse_args(["label", "data", "--class", "cat", "--pretrained", value])
+        assert LabelJob.from_args(args, ["cat"]).pretrained is None
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
