@@ -147,12 +147,12 @@ def model_and_end_to_end(cc, folder: Path, root: Path, job: LabelJob, batch_size
     config = job.label_config()
     files = [folder / name for name in scan_images(folder).names]
     prepared = [prepare_image(load_image(f)) for f in files]
-    ids = [cid or 0 for cid in config.vocabulary.category_ids()]
-    thresholds = [0.0] * len(ids)
-    cc.segment_categories(prepared[:batch_size], config.vocabulary, config.settings, ids, thresholds).maps()  # warm-up
+    segment = lambda batch: cc.segment_categories(batch, config.vocabulary, config.settings,  # noqa: E731
+                                                  config.region_filter).maps()
+    segment(prepared[:batch_size])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(prepared), batch_size):
-        cc.segment_categories(prepared[i : i + batch_size], config.vocabulary, config.settings, ids, thresholds).maps()
+        segment(prepared[i : i + batch_size])
     model_only = len(files) / (time.perf_counter() - start)
     timer = ModelTimer(cc) if cc.device.type == "cuda" else None
     start = time.perf_counter()
@@ -214,12 +214,11 @@ def main(argv=None) -> int:
         photos.mkdir()
         for path in sorted(WORKSPACE_SAMPLES.iterdir()):
             Image.fromarray(load_image(path)).resize((500, 375)).save(photos / f"{path.stem}.jpg", quality=90)
-        ids = [cid or 0 for cid in config.vocabulary.category_ids()]
         host = {}
         for name, images in (("synthetic images", folder), ("workspace photos", photos)):
             files = sorted(images.glob("*.jpg"))[:6]  # label maps of a real run, for the host measurements
             prepared = [prepare_image(load_image(f)) for f in files]
-            maps = cc.segment_categories(prepared, config.vocabulary, config.settings, ids, [0.0] * len(ids)).maps()
+            maps = cc.segment_categories(prepared, config.vocabulary, config.settings, config.region_filter).maps()
             maps = [(c.copy(), s.copy()) for c, s in maps]
             kept = np.mean([len(extract_regions(c, s, config.vocabulary, config.region_filter)) for c, s in maps])
             host[name] = (len(files), kept, maps, host_costs(images, maps, config))

@@ -57,9 +57,6 @@ class ClearCLIPModel(fom.Model, fom.TorchModelMixin, fom.SupportsGetItem):
                             instances=instances or "components", **options)
         self.config = self.job.label_config()
         self._cc = self.job.load_model()
-        vocabulary = self.config.vocabulary
-        self._category_ids = [cid or 0 for cid in vocabulary.category_ids()]
-        self._pixel_thresholds = [self.config.region_filter.for_class(n).pixel_threshold for n in vocabulary.names]
         self._preprocess = False
 
     @property
@@ -99,7 +96,7 @@ class ClearCLIPModel(fom.Model, fom.TorchModelMixin, fom.SupportsGetItem):
         """Labels of several images, their windows batched together."""
         prepared = [prepare_image(image) for image in args]
         result = self._cc.segment_categories(prepared, self.config.vocabulary, self.config.settings,
-                                             self._category_ids, self._pixel_thresholds)
+                                             self.config.region_filter)
         return [self._labels(categories, scores) for categories, scores in result.maps()]
 
     def _labels(self, categories, scores) -> dict:

@@ -125,8 +125,6 @@ class _Segmenter:
     def __init__(self, cc, config: LabelConfig, log: Callable[[str], None]) -> None:
         self.cc, self.config, self.log = cc, config, log
         self.chunk = config.batch_size
-        self.category_ids = [cid or 0 for cid in config.vocabulary.category_ids()]
-        self.pixel_thresholds = [config.region_filter.for_class(name).pixel_threshold for name in config.vocabulary.names]
 
     def __call__(self, prepared: list[PreparedImage]) -> list:
         """BatchResults covering ``prepared`` in order (one per pass), their copies to the host started."""
@@ -138,7 +136,7 @@ class _Segmenter:
             chunk = prepared[start : start + self.chunk]
             try:
                 results.append(self.cc.segment_categories(chunk, self.config.vocabulary, self.config.settings,
-                                                          self.category_ids, self.pixel_thresholds))
+                                                          self.config.region_filter))
                 start += len(chunk)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()

@@ -26,6 +26,7 @@ from .segmentation import (
     reduce_logits_refined,
 )
 from .errors import ClearCLIPError
+from .regions import RegionFilter
 from .text import DEFAULT_TEMPLATES, Template, TextEmbeddingCache, check_context, encode_names
 from .vocabulary import Vocabulary
 from .windows import Padding, Window, center_padding, padded_size, sliding_windows
@@ -163,14 +164,18 @@ class ClearCLIP:
     @torch.inference_mode()
     def segment_categories(
         self, prepared: Sequence[PreparedImage], vocabulary: Vocabulary, settings: SegmentSettings,
-        category_ids: Sequence[int], pixel_thresholds: Sequence[float],
+        region_filter: RegionFilter,
     ) -> "BatchResult":
-        """Segment, and turn each label map into a map of ``category_ids[class]`` (0 where the score is below
-        ``pixel_thresholds[class]``) on the device; the batch's maps and scores come back in one copy,
-        started now and waited for by ``BatchResult.maps()``, so the next batch can be queued meanwhile."""
+        """Segment, and turn each label map into a map of COCO category ids (0 for background and where the
+        score is below the class's pixel threshold) on the device; the batch's maps and scores come back in
+        one copy, started now and waited for by ``BatchResult.maps()``, so the next batch can be queued meanwhile."""
+        category_ids = [cid or 0 for cid in vocabulary.category_ids()]
         lookup = torch.tensor(category_ids, dtype=torch.int16 if max(category_ids) > 255 else torch.uint8)
-        thresholds = torch.tensor(pixel_thresholds, dtype=torch.float32)
-        lookup, thresholds = lookup.to(self.device), thresholds.to(self.device)
+        lookup = lookup.to(self.device)
+        pixel_thresholds = [region_filter.for_class(name).pixel_threshold for name in vocabulary.names]
+        thresholds = None  # no class has a pixel threshold: nothing to compare on the device
+        if any(pixel_thresholds):
+            thresholds = torch.tensor(pixel_thresholds, dtype=torch.float32).to(self.device)
         return BatchResult([(category_map(labels, scores, lookup, thresholds), scores)
                             for labels, scores in self._segment_on_device(prepared, vocabulary, settings)])
 

@@ -204,11 +204,11 @@ def reduce_logits(
 
 
 def category_map(labels: torch.Tensor, scores: torch.Tensor, category_ids: torch.Tensor,
-                 pixel_thresholds: torch.Tensor) -> torch.Tensor:
+                 pixel_thresholds: torch.Tensor | None) -> torch.Tensor:
     """The map of ``category_ids[class]`` per pixel, 0 where the score is below ``pixel_thresholds[class]``
-    (on the labels' device)."""
+    (None: no pixel thresholds), on the labels' device."""
     categories = category_ids[labels]
-    if bool(pixel_thresholds.any()):
+    if pixel_thresholds is not None:
         categories[scores < pixel_thresholds[labels]] = 0
     return categories
 
