@@ -18,11 +18,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from . import __version__
 from .errors import ClearCLIPError
+from .regions import INSTANCE_MODES
 
 VARIANT_NAMES = ("clearclip", "vanilla", "maskclip", "sclip")
 REFINEMENTS = ("none", "pamr")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-INSTANCE_MODES = ("components", "semantic")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

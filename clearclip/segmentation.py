@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ClearCLIPError
+from .job import REFINEMENTS
 from .refine import DEFAULT_DILATIONS, DEFAULT_ITERATIONS, OFFSETS, affinity, propagate, reach
 from .text import DEFAULT_TEMPLATES, Template
 from .windows import Padding, Window, padded_size, resized_size
@@ -25,7 +26,6 @@ from .windows import Padding, Window, padded_size, resized_size
 TILE_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 # floats of PAMR affinities a band holds (8 x dilations x rows x width); a band of logits queries is as large
 PAMR_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
-REFINEMENTS = ("none", "pamr")
 
 
 @dataclass(frozen=True)
