@@ -310,23 +310,27 @@ def add_job_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) ->
             continue
         container = containers.setdefault(group, parser.add_argument_group(group))
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None  # list defaults: see the nargs branch
+        default = f.default if f.default is not MISSING else None
+        if f.default_factory is not MISSING:  # a list
+            default = f.default_factory()
         check = f.metadata["check"]
-        shown = "" if default in (None, False) else f" (default: {default})"
+        shown_value = " ".join(map(str, default)) if isinstance(default, list) else default
+        shown = "" if default in (None, False) else f" (default: {shown_value})"
+        help_text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
         if check is bool:
-            container.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+            container.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         elif f.name == "templates":
-            container.add_argument(flag, dest=f.name, action="append", metavar="TEMPLATE", help=f.metadata["help"])
+            container.add_argument(flag, dest=f.name, action="append", metavar="TEMPLATE", help=help_text)
         elif f.metadata.get("nargs"):
             container.add_argument(flag, dest=f.name, nargs=f.metadata["nargs"], type=int, metavar=f.metadata["metavar"],
-                                   default=f.default_factory(), help=f.metadata["help"] + f" (default: {' '.join(map(str, f.default_factory()))})")
+                                   default=default, help=help_text + shown)
         elif f.name == "pretrained":
-            container.add_argument(flag, dest=f.name, default=default, help=f.metadata["help"] + shown)
+            container.add_argument(flag, dest=f.name, default=default, help=help_text + shown)
         else:
             choices = getattr(check, "choices", None)
             container.add_argument(flag, dest=f.name, default=default, choices=choices,
                                    type=None if choices else _argparse_type(f.name, check),
-                                   metavar=f.metadata.get("metavar"), help=f.metadata["help"] + shown)
+                                   metavar=f.metadata.get("metavar"), help=help_text + shown)
 
 
 def with_job_parameters(function: Callable) -> Callable:

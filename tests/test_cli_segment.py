@@ -78,6 +78,21 @@ def test_every_job_option_reaches_the_job(field):
     assert getattr(LabelJob.from_args(args, ["cat"]), field.name) == value
 
 
+COMMANDS = ["segment", "label", "eval-miou", "eval-coco", "review", "export", "calibrate", "refilter"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"usage: clearclip {command}")
+    if command == "label":  # help texts with a '%' and list defaults
+        assert "(0.001 = 0.1 %) (default: 0.001)" in " ".join(printed.split())
+        assert "(default: 8 16)" in printed
+
+
 @pytest.mark.parametrize("value", ["none", "None", " NONE ", None])
 def test_pretrained_none_means_random_weights_from_the_cli_the_flow_and_the_api(value):
     assert LabelJob(["cat"], pretrained=value).pretrained is None  # what the flows and the Python API build
