@@ -60,11 +60,15 @@ def export_coco(
     tags: Sequence[str] | None = None,
     exclude_tags: Sequence[str] = ("rejected", NOT_IN_RUN_TAG),
 ) -> tuple[int, int]:
-    """Write the labels of ``field`` as COCO JSON; returns (images, annotations) written.
+    """Write the labels of ``field`` of ``tagged_view(dataset_name, tags, exclude_tags)`` as COCO JSON; returns
+    (images, annotations) written. See ``export_view_coco``."""
+    return export_view_coco(tagged_view(dataset_name, tags, exclude_tags), out, field)
 
-    Samples tagged with any of ``exclude_tags`` are left out; with ``tags``, only samples with one of them
-    are kept. See ``export_view_coco``.
-    """
+
+def tagged_view(dataset_name: str, tags: Sequence[str] | None = None,
+                exclude_tags: Sequence[str] = ("rejected", NOT_IN_RUN_TAG)):
+    """The samples of a FiftyOne dataset that an export writes: those with none of ``exclude_tags`` and, when
+    ``tags`` are given, with one of them."""
     import fiftyone as fo
 
     if not fo.dataset_exists(dataset_name):
@@ -74,7 +78,7 @@ def export_coco(
         view = view.match_tags(list(tags))
     if exclude_tags:
         view = view.match_tags(list(exclude_tags), bool=False)
-    return export_view_coco(view, out, field)
+    return view
 
 
 def export_view_coco(view, out: str | Path, field: str = PRED_FIELD) -> tuple[int, int]:

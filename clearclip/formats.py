@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import ClearCLIPError
-from .export import detection_mask, export_coco
+from .export import detection_mask, export_coco, tagged_view
 
 FORMATS = ("coco", "yolo", "cvat", "masks")
 
@@ -72,18 +72,10 @@ def detection_polylines(detections, width: int, height: int):
 
 
 def _samples(dataset_name: str, field: str, tags, exclude_tags):
-    import fiftyone as fo
-
-    if not fo.dataset_exists(dataset_name):
-        raise ClearCLIPError(f"no FiftyOne dataset named '{dataset_name}'; known: {', '.join(fo.list_datasets())}")
-    dataset = fo.load_dataset(dataset_name)
+    view = tagged_view(dataset_name, tags, exclude_tags)
+    dataset = view._dataset
     if not dataset.has_sample_field(field):
         raise ClearCLIPError(f"dataset '{dataset_name}' has no field '{field}'")
-    view = dataset.view()
-    if tags:
-        view = view.match_tags(list(tags))
-    if exclude_tags:
-        view = view.match_tags(list(exclude_tags), bool=False)
     classes = [c["name"] for c in dataset.info.get("clearclip", {}).get("categories", [])]
     extra = sorted(set(view.distinct(f"{field}.detections.label")) - set(classes))
     view.compute_metadata()
