@@ -63,14 +63,15 @@ def collect_evidence(dataset, reviewed_tag: str = "reviewed", excluded_tags=("re
                              "checked (in the App: select them, then the tag icon) and run calibrate again")
     evidence: dict[str, ClassEvidence] = defaultdict(ClassEvidence)
     for sample in view.select_fields([PRED_FIELD, RUN_FIELD]).iter_samples():
-        now = {d["run_index"]: d for d in sample[PRED_FIELD].detections if d.has_field("run_index")} \
-            if sample[PRED_FIELD] else {}
-        for original in sample[RUN_FIELD].detections if sample[RUN_FIELD] else []:
+        current_labels = sample[PRED_FIELD].detections if sample[PRED_FIELD] else []
+        original_labels = sample[RUN_FIELD].detections if sample[RUN_FIELD] else []
+        now = {d["run_index"]: d for d in current_labels if d.has_field("run_index")}
+        for original in original_labels:
             current = now.get(original["run_index"])
             evidence[original.label].outcomes.append(
                 (original.confidence, current is not None and current.label == original.label))
-        for detection in sample[PRED_FIELD].detections if sample[PRED_FIELD] else []:
-            originals = {d["run_index"]: d.label for d in sample[RUN_FIELD].detections} if sample[RUN_FIELD] else {}
+        originals = {d["run_index"]: d.label for d in original_labels}
+        for detection in current_labels:
             index = detection["run_index"] if detection.has_field("run_index") else None
             if index is None or originals.get(index) != detection.label:  # drawn, or relabeled to this class
                 evidence[detection.label].missed += 1
