@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .coco import region_annotations
+from .coco import annotation_lines
 from .images import ImageFile
 from .regions import RegionFilter, extract_regions
 from .run_folder import RunFolder
@@ -35,7 +35,9 @@ def finish_maps(folder: RunFolder, image: ImageFile, categories: np.ndarray, sco
     save_label_png(categories, label_path)
     height, width = categories.shape
     regions = extract_regions(categories, scores, vocabulary, region_filter)
-    folder.write_record(image, width, height, region_annotations(regions, vocabulary), precision)
+    category_ids = vocabulary.category_ids()
+    folder.write_record(image, width, height, annotation_lines(regions, vocabulary),
+                        [category_ids[region.class_index] for region in regions], precision)
     return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
 
 

@@ -35,7 +35,6 @@ from .images import RUN_MARKER, ImageFile
 
 DONE, FAILED, TODO = "done", "failed", "todo"
 HEADER_LIMIT = 1 << 16  # a header line is a few hundred bytes; anything longer is not one
-_to_json = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every record line
 
 
 def manifest_key(names: Iterable[str]) -> str:
@@ -201,15 +200,17 @@ class RunFolder:
     def annotations(self, name: str) -> list[dict]:
         return [json.loads(line) for line in self.annotation_lines(name)]
 
-    def write_record(self, image: ImageFile, width: int, height: int, annotations: list[dict], precision: str) -> None:
-        """Commit a labeled image (its label map must already be written)."""
+    def write_record(self, image: ImageFile, width: int, height: int, annotation_lines: list[str],
+                     category_ids: list[int], precision: str) -> None:
+        """Commit a labeled image (its label map must already be written): its annotations, one JSON object a
+        line, and the category id of each."""
         per_category: dict[str, int] = {}
-        for annotation in annotations:
-            key = str(annotation["category_id"])
+        for category_id in category_ids:
+            key = str(category_id)
             per_category[key] = per_category.get(key, 0) + 1
         header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, "status": DONE,
                   "width": int(width), "height": int(height), "precision": precision, "per_category": per_category}
-        lines = [_to_json(header)] + [_to_json(annotation) for annotation in annotations]
+        lines = [json.dumps(header, ensure_ascii=False), *annotation_lines]
         write_text(self.record_path(image.name), "\n".join(lines) + "\n")
 
     def write_failure(self, image: ImageFile, error: str) -> int:

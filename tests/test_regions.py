@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from clearclip import ClearCLIPError, Vocabulary
-from clearclip.coco import CocoWriter, decode_rle, encode_rle, encode_rle_in_box, region_annotations
+from clearclip.coco import CocoWriter, annotation_lines, decode_rle, encode_rle, encode_rle_in_box
 from clearclip.regions import RegionFilter, Thresholds, extract_regions, load_class_thresholds
 
 VOCABULARY = Vocabulary.from_strings(["background", "cat", "dog"])
@@ -61,18 +61,23 @@ def reference_regions(categories, scores, region_filter):
     return result
 
 
-@pytest.mark.parametrize("seed,shape", [(seed, None) for seed in range(12)] + [(20, (1, 37)), (21, (41, 1)), (22, (1, 1))])
-def test_regions_equal_the_full_mask_algorithm(seed, shape):
+@pytest.mark.parametrize("seed,shape,block", [(seed, None, 6) for seed in range(12)]
+                         + [(20, (1, 37), 6), (21, (41, 1), 6), (22, (1, 1), 6), (26, (7, 9), 100),
+                            (24, (300, 400), 60), (25, (731, 1031), 150)])  # one region, whole image; long runs
+def test_regions_equal_the_full_mask_algorithm(seed, shape, block):
     rng = np.random.default_rng(seed)
     h, w = shape or rng.integers(5, 60, 2)
-    coarse = rng.integers(0, 3, (-(-h // 6), -(-w // 6)))
-    categories = np.kron(coarse, np.ones((6, 6), np.uint8))[:h, :w]
-    categories[rng.random((h, w)) < 0.1] = rng.integers(0, 3)
+    coarse = rng.integers(0, 3, (-(-h // block), -(-w // block)))
+    categories = np.kron(coarse, np.ones((block, block), np.uint8))[:h, :w]
+    if block < 100:
+        categories[rng.random((h, w)) < 0.1] = rng.integers(0, 3)
     scores = rng.random((h, w)).astype(np.float32)
     region_filter = RegionFilter(Thresholds(min_area=2, min_score=0.3, min_area_fraction=0.0))
-    ours = region_annotations(extract_regions(categories, scores, VOCABULARY, region_filter), VOCABULARY)
-    expected = reference_regions(categories, scores, region_filter)
-    assert [(a["category_id"], a["segmentation"], a["area"], a["bbox"], a["score"]) for a in ours] == expected
+    lines = annotation_lines(extract_regions(categories, scores, VOCABULARY, region_filter), VOCABULARY)
+    expected = [json.dumps({"category_id": category, "segmentation": rle, "area": area, "bbox": bbox, "iscrowd": 0,
+                            "score": score}) for category, rle, area, bbox, score in reference_regions(
+                                categories, scores, region_filter)]
+    assert lines == expected  # byte for byte what json writes
 
 
 def test_semantic_mode_is_one_region_per_class():
