@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_bytes
 
 
 def palette(count: int) -> np.ndarray:
@@ -45,8 +45,7 @@ def encode_label_png(labels: np.ndarray) -> bytes:
 
 def save_label_png(labels: np.ndarray, path: str | Path) -> None:
     """Write ``encode_label_png(labels)`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encode_label_png(labels))
+    write_bytes(path, encode_label_png(labels))
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
