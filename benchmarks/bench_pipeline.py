@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     classes = BENCHMARKS["voc21"].vocabulary().to_strings()
     job = LabelJob(classes, model="ViT-B-16", pretrained=None, device=args.device, precision=precision)
     config = job.label_config()
+    torch.manual_seed(0)  # the same random weights, so the same label maps, in every run
     cc = ClearCLIP(open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval(),
                    open_clip.get_tokenizer("ViT-B-16"), precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
