@@ -37,7 +37,7 @@ def encode_label_png(labels: np.ndarray) -> bytes:
     height, width = labels.shape
     rows = np.zeros((height, 1 + width * depth // 8), np.uint8)  # each row: filter type 0, then the pixels
     rows[:, 1:] = labels.astype(">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(height, -1)
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     data = deflate.compress(rows.tobytes()) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # grayscale, no interlace
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
