@@ -133,7 +133,7 @@ def _row_runs(categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _join_runs(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, width: int, height: int) -> np.ndarray:
     """Component of each run: runs of one non-zero value that touch between adjacent rows (8-connectivity,
     diagonals included) are one region. Components are numbered in raster order of their first pixel."""
-    from scipy.sparse import coo_matrix
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
     rows = starts // width
@@ -147,7 +147,13 @@ def _join_runs(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, width: 
     i = np.repeat(above, touching)
     j = np.repeat(lo - np.cumsum(touching) + touching, touching) + np.arange(touching.sum())
     same = values[i] == values[j]
-    graph = coo_matrix((np.ones(int(same.sum()), np.int8), (i[same], j[same])), shape=(len(starts), len(starts)))
+    i, j = i[same], j[same]  # edges from each run to the runs it joins in the next row, i ascending
+    runs = len(starts)
+    index_type = np.int32 if runs < 1 << 31 else np.int64
+    row_starts = np.zeros(runs + 1, index_type)
+    np.cumsum(np.bincount(i, minlength=runs), out=row_starts[1:])
+    # built as CSR with float64 weights, the form connected_components works on (half the time of a COO)
+    graph = csr_matrix((np.ones(len(j)), j.astype(index_type), row_starts), shape=(runs, runs))
     return connected_components(graph, directed=False)[1]
 
 
