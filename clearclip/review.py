@@ -219,22 +219,56 @@ def _not_json(path: Path, run_dir: Path, error: Exception) -> ClearCLIPError:
     return ClearCLIPError(f"{path} is not valid JSON ({reason}); rerun clearclip label into {run_dir} to rewrite it")
 
 
+def _declare_fields(dataset) -> None:
+    """The label and hash fields, declared before samples are written: a load interrupted midway leaves
+    them empty in some samples, never missing from the dataset."""
+    import fiftyone as fo
+
+    for field in (RUN_FIELD, PRED_FIELD):
+        if not dataset.has_field(field):
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    for field in (RUN_HASH_FIELD, WRITTEN_HASH_FIELD):
+        if not dataset.has_field(field):
+            dataset.add_sample_field(field, fo.StringField)
+
+
+def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_map, folder) -> None:
+    """Add samples for ``(filepath, image, annotations)`` of images new to the dataset.
+
+    The samples go in without labels, the run's labels follow with ``set_values`` and the editable copy is
+    made inside the database: ``add_samples`` with labels re-reads every sample it writes, 4x the time. The
+    run hash goes last, so a sample of an interrupted load is finished by the next (``_apply_run_changes``).
+    """
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    values = [_sample_values(image, annotations, classes_map, folder) for _, image, annotations in new]
+    labels, hashes = [v.pop(RUN_FIELD) for v in values], [v.pop(RUN_HASH_FIELD) for v in values]
+    # no Sample kept in memory here: FiftyOne reloads those whenever fields change
+    ids = dataset.add_samples([fo.Sample(filepath=filepath, **v) for (filepath, _, _), v in zip(new, values)],
+                              validate=False, progress=False)  # values from our own parser: validation is redundant
+    dataset.set_values(RUN_FIELD, dict(zip(ids, labels)), key_field="id", validate=False)
+    dataset.select(ids).set_field(PRED_FIELD, F(RUN_FIELD)).save(PRED_FIELD)  # the same labels, ids included
+    dataset.set_values(WRITTEN_HASH_FIELD, dict(zip(ids, map(detections_hash, labels))), key_field="id")
+    dataset.set_values(RUN_HASH_FIELD, dict(zip(ids, hashes)), key_field="id")
+
+
 def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], classes_map, folder, counts) -> None:
-    """Refresh the run's labels of samples whose image the run relabeled; edited samples keep their edits."""
-    with _writable(dataset, RUN_FIELD):
-        for sample in dataset.select(list(changed)).iter_samples(autosave=True):
-            image, annotations = changed[sample.id]
-            values = _sample_values(image, annotations, classes_map, folder)
-            untouched = sample[WRITTEN_HASH_FIELD] == detections_hash(sample[PRED_FIELD])
-            for key, value in values.items():
-                sample[key] = value
-            if untouched:
-                sample[PRED_FIELD] = _editable_copy(values[RUN_FIELD])
-                sample[WRITTEN_HASH_FIELD] = detections_hash(sample[PRED_FIELD])
-                counts["refreshed"] += 1
-            else:
-                sample.tags.append(RUN_CHANGED_TAG)
-                counts["edited, kept"] += 1
+    """Refresh the run's labels of samples whose image the run relabeled; edited samples keep their edits.
+    A sample that an interrupted load left without its labels (no written hash) is finished."""
+    for sample in dataset.select(list(changed)).iter_samples(autosave=True):
+        image, annotations = changed[sample.id]
+        values = _sample_values(image, annotations, classes_map, folder)
+        untouched = sample[WRITTEN_HASH_FIELD] in (None, detections_hash(sample[PRED_FIELD]))
+        for key, value in values.items():
+            sample[key] = value
+        if untouched:
+            sample[PRED_FIELD] = _editable_copy(values[RUN_FIELD])
+            sample[WRITTEN_HASH_FIELD] = detections_hash(sample[PRED_FIELD])
+            counts["refreshed"] += 1
+        else:
+            sample.tags.append(RUN_CHANGED_TAG)
+            counts["edited, kept"] += 1
 
 
 def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None = None):
@@ -263,32 +297,30 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     dataset.save()
 
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
-    run_hashes = dict(zip(*dataset.values(["id", RUN_HASH_FIELD]))) if len(dataset) else {}
+    _declare_fields(dataset)
+    run_hashes = dict(zip(*dataset.values(["id", RUN_HASH_FIELD])))
     counts: Counter[str] = Counter()
     try:
-        for batch in _batched(iter_run_images(path), BATCH):
-            new_samples, image_ids, changed = [], {}, {}
-            for image, annotations in batch:
-                filepath = str((dataset_dir / image["file_name"]).resolve())
-                sample_id = existing.pop(filepath, None)
-                if sample_id is None:
-                    values = _sample_values(image, annotations, classes_map, folder)
-                    # both fields start as the same labels (what FiftyOne's clone_sample_field stores, ids included)
-                    new_samples.append(fo.Sample(filepath=filepath, **values, **{
-                        PRED_FIELD: values[RUN_FIELD], WRITTEN_HASH_FIELD: detections_hash(values[RUN_FIELD])}))
-                    continue
-                image_ids[sample_id] = image["id"]
-                if run_hashes.get(sample_id) != annotations_hash(annotations):
-                    changed[sample_id] = (image, annotations)
-            if new_samples:
-                with _writable(dataset, RUN_FIELD):  # values from our own parser: FiftyOne's validation is redundant
-                    dataset.add_samples(new_samples, validate=False, progress=False)
-                counts["added"] += len(new_samples)
-            if image_ids:
-                dataset.set_values("coco_image_id", image_ids, key_field="id")
-                counts["unchanged"] += len(image_ids) - len(changed)
-            if changed:
-                _apply_run_changes(dataset, changed, classes_map, folder, counts)
+        with _writable(dataset, RUN_FIELD):  # once for the whole load: each change reloads samples in memory
+            for batch in _batched(iter_run_images(path), BATCH):
+                new, image_ids, changed = [], {}, {}
+                for image, annotations in batch:
+                    filepath = str((dataset_dir / image["file_name"]).resolve())
+                    sample_id = existing.pop(filepath, None)
+                    if sample_id is None:
+                        new.append((filepath, image, annotations))
+                        continue
+                    image_ids[sample_id] = image["id"]
+                    if run_hashes.get(sample_id) != annotations_hash(annotations):
+                        changed[sample_id] = (image, annotations)
+                if new:
+                    _add_new_samples(dataset, new, classes_map, folder)
+                    counts["added"] += len(new)
+                if image_ids:
+                    dataset.set_values("coco_image_id", image_ids, key_field="id")
+                    counts["unchanged"] += len(image_ids) - len(changed)
+                if changed:
+                    _apply_run_changes(dataset, changed, classes_map, folder, counts)
     except _ijson().JSONError as error:
         raise _not_json(path, run_dir, error) from error
     _make_run_field_read_only(dataset)

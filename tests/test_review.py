@@ -19,7 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from clearclip.cli import main
 from clearclip.export import export_coco
 from clearclip.review import LEAST_CONFIDENT_VIEW, NOT_IN_RUN_TAG, PRED_FIELD, RUN_CHANGED_TAG, RUN_FIELD, \
-    default_dataset_name, load_run
+    RUN_HASH_FIELD, default_dataset_name, load_run
 from folders import smooth_image, write_plain_folder
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]
@@ -148,6 +148,31 @@ def test_rerun_keeps_the_reviewers_edits(tmp_path, tiny_model_name, data_dir):
         assert got == [(names[a[0]], a[5]) for a in fresh.get(other.file_name, [])]
     ids = {i["file_name"]: i["id"] for i in document["images"]}
     assert all(s.coco_image_id == ids[s.file_name] for s in dataset)  # ids moved when the dataset grew
+
+
+@pytest.mark.parametrize("interrupted_at", [RUN_FIELD, RUN_HASH_FIELD])  # before the labels, after them
+def test_an_interrupted_load_is_finished_by_the_next(run_dir, annotations, monkeypatch, interrupted_at):
+    import fiftyone as fo
+
+    set_values = fo.Dataset.set_values
+
+    def interrupted(self, field_name, *args, **kwargs):
+        if field_name == interrupted_at:
+            raise KeyboardInterrupt  # Ctrl-C, or a kill, while the new samples were being written
+        return set_values(self, field_name, *args, **kwargs)
+
+    name = f"review-interrupted-{interrupted_at}"
+    monkeypatch.setattr(fo.Dataset, "set_values", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_run(run_dir, name=name)
+    monkeypatch.undo()
+
+    dataset, report = load_run(run_dir, name=name)
+    count = len(annotations["images"])
+    assert len(dataset) == count and f"{count} refreshed" in report
+    assert not dataset.match_tags(RUN_CHANGED_TAG) and dataset.get_field(RUN_FIELD).read_only
+    assert dataset.count(f"{PRED_FIELD}.detections") == dataset.count(f"{RUN_FIELD}.detections") \
+        == len(annotations["annotations"])
 
 
 def test_export_without_edits_equals_the_run(run_dir, annotations, tmp_path):
