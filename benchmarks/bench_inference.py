@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from clearclip import ClearCLIP, SegmentSettings
-from clearclip.evaluation import BENCHMARKS
-from clearclip.segmentation import model_input
-from clearclip.text import DEFAULT_TEMPLATES, encode_names
+from clearclip.evaluation.benchmarks import BENCHMARKS
+from clearclip.inference.segmentation import model_input
+from clearclip.inference.text import DEFAULT_TEMPLATES, encode_names
 
 
 # ----------------------------------------------------------------------------- baseline (official code, ported)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clearclip.threads import available_cores, sleep_when_waiting
+from clearclip.io.threads import available_cores, sleep_when_waiting
 
 sleep_when_waiting()  # as the CLI does, before torch loads
 
@@ -39,14 +39,14 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from clearclip import ClearCLIP  # noqa: E402
-from clearclip.evaluation import BENCHMARKS  # noqa: E402
-from clearclip.finish import Finishers, finish_maps  # noqa: E402
-from clearclip.images import ImageFile, load_image, scan_images  # noqa: E402
-from clearclip.job import LabelJob  # noqa: E402
-from clearclip.labeling import label_folder  # noqa: E402
-from clearclip.run_folder import RunFolder  # noqa: E402
-from clearclip.regions import extract_regions  # noqa: E402
-from clearclip.segmentation import prepare_image  # noqa: E402
+from clearclip.evaluation.benchmarks import BENCHMARKS  # noqa: E402
+from clearclip.run.finish import Finishers, finish_maps  # noqa: E402
+from clearclip.io.images import ImageFile, load_image, scan_images  # noqa: E402
+from clearclip.run.job import LabelJob  # noqa: E402
+from clearclip.run.plan import label_folder  # noqa: E402
+from clearclip.run.folder import RunFolder  # noqa: E402
+from clearclip.annotations.regions import extract_regions  # noqa: E402
+from clearclip.inference.segmentation import prepare_image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import synthetic_images  # noqa: E402
@@ -157,8 +157,9 @@ def model_and_end_to_end(cc, folder: Path, root: Path, job: LabelJob, batch_size
     config = job.label_config()
     files = [folder / name for name in scan_images(folder).names]
     prepared = [prepare_image(load_image(f)) for f in files]
+    pixel_thresholds = config.region_filter.pixel_thresholds(config.vocabulary.names)
     segment = lambda batch: cc.segment_categories(batch, config.vocabulary, config.settings,  # noqa: E731
-                                                  config.region_filter).maps()
+                                                  pixel_thresholds).maps()
     segment(prepared[:batch_size])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(prepared), batch_size):
@@ -229,7 +230,8 @@ def main(argv=None) -> int:
                                     ("workspace photos", photos, cc)):
             files = sorted(images.glob("*.jpg"))[:6]  # label maps of a real run, for the host measurements
             prepared = [prepare_image(load_image(f)) for f in files]
-            maps = model.segment_categories(prepared, config.vocabulary, config.settings, config.region_filter).maps()
+            maps = model.segment_categories(prepared, config.vocabulary, config.settings,
+                                            config.region_filter.pixel_thresholds(config.vocabulary.names)).maps()
             maps = [(c.copy(), s.copy()) for c, s in maps]
             kept = np.mean([len(extract_regions(c, s, config.vocabulary, config.region_filter)) for c, s in maps])
             host[name] = (len(files), kept, maps, host_costs(images, maps, config, root / f"host-costs-{len(host)}"))

@@ -44,10 +44,10 @@ def synthetic_map(seed: int, height: int = 375, width: int = 500, regions: int =
 
 def _build_chunk(args) -> None:
     run_dir, names, sizes = args
-    from clearclip.finish import finish_maps
-    from clearclip.images import ImageFile
-    from clearclip.job import LabelJob
-    from clearclip.run_folder import RunFolder
+    from clearclip.run.finish import finish_maps
+    from clearclip.io.images import ImageFile
+    from clearclip.run.job import LabelJob
+    from clearclip.run.folder import RunFolder
 
     config = LabelJob(CLASSES, pretrained=None).label_config()
     maps = [synthetic_map(seed) for seed in range(16)]
@@ -60,8 +60,8 @@ def _build_chunk(args) -> None:
 
 def build_run(root: Path, count: int) -> tuple[Path, Path]:
     """A dataset of ``count`` placeholder images and a finished-but-unmerged run of them."""
-    from clearclip.job import LabelJob
-    from clearclip.run_folder import RunFolder
+    from clearclip.run.job import LabelJob
+    from clearclip.run.folder import RunFolder
 
     dataset, run = root / f"data-{count}", root / f"run-{count}"
     names = [f"{i // 1000:04d}/img{i:07d}.jpg" for i in range(count)]
@@ -81,20 +81,20 @@ def build_run(root: Path, count: int) -> tuple[Path, Path]:
 
 STEPS = {
     "resume check": """
-from clearclip.images import scan_images
-from clearclip.run_folder import RunFolder, DONE
-listing = scan_images(DATASET, exclude=(RUN,))
+from clearclip.io.images import scan_images
+from clearclip.run.folder import DONE, RUN_MARKER, RunFolder
+listing = scan_images(DATASET, exclude=(RUN,), marker=RUN_MARKER)
 folder = RunFolder(RUN)
 assert all(folder.state(image) == DONE for image in listing.images)
 """,
     "merge": """
-from clearclip.images import scan_images
-from clearclip.job import LabelJob
-from clearclip.merge import merge_run
-from clearclip.run_folder import RunFolder
+from clearclip.io.images import scan_images
+from clearclip.run.job import LabelJob
+from clearclip.run.merge import merge_run
+from clearclip.run.folder import RUN_MARKER, RunFolder
 job = LabelJob(CLASSES, pretrained=None)
 config = job.label_config()
-merge_run(RunFolder(RUN), scan_images(DATASET, exclude=(RUN,)).images, config.vocabulary, job.info(config),
+merge_run(RunFolder(RUN), scan_images(DATASET, exclude=(RUN,), marker=RUN_MARKER).images, config.vocabulary, job.info(config),
           {"dataset": str(DATASET)}, exclusive=True)
 """,
     "review --no-launch": """
@@ -144,10 +144,10 @@ def reset_peak_rss() -> None:
 LARGE_MAP = """
 import numpy as np
 from bench_scale import synthetic_map, CLASSES, peak_rss_mb, reset_peak_rss, rss_mb
-from clearclip.finish import finish_maps
-from clearclip.images import ImageFile
-from clearclip.job import LabelJob
-from clearclip.run_folder import RunFolder
+from clearclip.run.finish import finish_maps
+from clearclip.io.images import ImageFile
+from clearclip.run.job import LabelJob
+from clearclip.run.folder import RunFolder
 config = LabelJob(CLASSES, pretrained=None).label_config()
 categories, scores = synthetic_map(0, 3000, 4000, 100)
 reset_peak_rss()

@@ -1,23 +1,28 @@
 """clearclip: open-vocabulary dataset auto-labeling with ClearCLIP (ECCV'24) on open_clip ViTs.
 
-Pipeline: model -> inference -> labels -> annotations -> review/export. Names are imported on first
-use, so commands that never run a model (review, export) start without importing torch.
+The package reads as the pipeline (see docs/architecture.md): ``options`` and ``vocabulary`` (shared names),
+``io``, ``inference`` (the only torch code), ``annotations``, ``run``, ``review`` (FiftyOne), ``evaluation``,
+``cli``. Names here are imported on first use, so commands that never run a model start without torch.
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ClearCLIPError
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("clearclip")  # one version string: pyproject.toml's
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
-    "ClearCLIP": ".predictor",
-    "Decomposition": ".decomposition",
-    "VARIANTS": ".decomposition",
-    "Segmentation": ".segmentation",
-    "SegmentSettings": ".segmentation",
+    "ClearCLIP": ".inference.predictor",
+    "Segmentation": ".inference.segmentation",
+    "Decomposition": ".options",
+    "VARIANTS": ".options",
+    "SegmentSettings": ".options",
     "Vocabulary": ".vocabulary",
-    "LabelJob": ".job",
+    "LabelJob": ".run.job",
 }
 
 __all__ = ["ClearCLIPError", "__version__", *_LAZY]

@@ -5,7 +5,7 @@ import sys
 
 def run() -> None:
     try:
-        from .threads import sleep_when_waiting
+        from .io.threads import sleep_when_waiting
 
         sleep_when_waiting()  # before torch loads: waiting OpenMP threads sleep instead of spinning
         from .cli import main

@@ -24,15 +24,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 
-from clearclip.images import scan_images
-from clearclip.job import LabelJob, with_job_parameters
-from clearclip.merge import merge_run
-from clearclip.run_folder import DONE, RunFolder
+from clearclip.run.folder import RunFolder
+from clearclip.run.job import LabelJob
+from clearclip.run.plan import finish_run, invocation, plan_run, shard_slices
 from flows.label_shard import label_shard
+from flows.parameters import with_job_parameters
 
 SHARD_DEPLOYMENT = "label-shard/gpu"
 POLL_SECONDS = 3.0
 API_PAGE = 200  # the most flow runs one read returns (PREFECT_SERVER_API_DEFAULT_LIMIT)
+SHARD_LOST = {"labeled": 0, "skipped_as_done": 0, "failed": 0, "batch_size": 0}  # a shard without a record
 
 
 def default_out(dataset: str) -> str:
@@ -83,10 +84,8 @@ class Progress:
 
 def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Shard]:
     """Consecutive slices of the sorted names, each written as a manifest keyed by its content."""
-    names = sorted(names)
     shards = []
-    for start in range(0, len(names), shard_size):
-        chunk = names[start : start + shard_size]
+    for chunk in shard_slices(names, shard_size):
         manifest = folder.write_manifest(chunk)
         shards.append(Shard(manifest.stem, manifest, len(chunk)))
     return shards
@@ -194,20 +193,19 @@ def label_dataset(
     job = LabelJob(**job_values)
     config = job.label_config()
     info = job.info(config)
+    resolved = job.resolved(config)  # shards get the classes and thresholds as values, never a path to re-read
     folder = RunFolder(out or default_out(dataset))
-    listing = scan_images(dataset, exclude=(folder.root,))
     with folder.lock(exclusive=False):
-        folder.prepare(info)
-    images, collisions = folder.split_collisions(listing.images)
-    todo = [image.name for image in images if folder.state(image) != DONE]
-    shards = cut_shards(folder, todo, shard_size)
-    logger.info("%d images, %d to label in %d shards, into %s", len(images), len(todo), len(shards), folder.root)
+        plan = plan_run(dataset, folder, info, config.vocabulary)
+    shards = cut_shards(folder, plan.todo, shard_size)
+    logger.info("%d images, %d to label in %d shards, into %s", len(plan.images), len(plan.todo), len(shards),
+                folder.root)
 
     progress = Progress(folder, shards)
     start = time.perf_counter()
     fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
     if fan_out:
-        lost = _run_shards_on_workers(shards, job, dataset, str(folder.root), max_attempts, progress)
+        lost = _run_shards_on_workers(shards, resolved, dataset, str(folder.root), max_attempts, progress)
         if lost:
             parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
             details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"
@@ -216,24 +214,17 @@ def label_dataset(
                                f"{_resume_command(parameters)}")
     else:
         for shard in shards:
-            label_shard(job.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
+            label_shard(resolved.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
             shard.finished = True
             progress.update()
     seconds = time.perf_counter() - start
 
-    labeled_now = sum((folder.read_json(folder.shard_marker_path(s.key)) or {}).get("labeled", 0) for s in shards)
-    extra = {
-        "run_dir": str(folder.root),
-        "dataset": str(Path(dataset).resolve()),
-        "images_per_second": labeled_now / seconds if seconds and labeled_now else 0.0,
-        "last_invocation": {"shards": len(shards), "images_to_label": len(todo), "labeled": labeled_now,
-                            "seconds": round(seconds, 3), "shard_size": shard_size},
-    }
+    records = [folder.read_json(folder.shard_marker_path(s.key)) or SHARD_LOST for s in shards]
     with folder.exclusive_if_free() as exclusive:
-        summary = merge_run(folder, images, config.vocabulary, info, extra, listing.problems + collisions, exclusive)
+        summary = finish_run(plan, invocation(plan, records, seconds), exclusive)
     create_markdown_artifact(summary_markdown(summary), key="label-dataset-summary", description="clearclip labeling run")
     if review:
-        from clearclip.review import load_run
+        from clearclip.review.sync import load_run
 
         load_run(folder.root)
     return {k: v for k, v in summary.items() if k != "info"}

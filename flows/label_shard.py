@@ -13,10 +13,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from clearclip.atomic import write_json
-from clearclip.job import LabelJob
-from clearclip.labeling import label_images, stat_images
-from clearclip.run_folder import RunFolder
+from clearclip.io.atomic import write_json
+from clearclip.run.folder import RunFolder
+from clearclip.run.job import LabelJob
+from clearclip.run.pipeline import label_images, stat_images
 
 PROGRESS_EVERY_SECONDS = 2.0
 
@@ -48,7 +48,9 @@ class ProgressFile:
 
 @flow(name="label-shard", log_prints=True)
 def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
-    """Label the files listed in ``manifest`` (relative to ``dataset``) into the run folder ``out``.
+    """Label the files listed in ``manifest`` (a manifest of ``out``, names relative to ``dataset``) into the
+    run folder ``out``. ``job`` is the parent's resolved job (``LabelJob.resolved``); a job that does not compute
+    what ``out/config.json`` records is refused before anything is written.
 
     Returns and writes ``shards/<key>.json``: images labeled, skipped as done, failed, seconds (of which
     loading the model), batch size.
@@ -57,6 +59,7 @@ def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
     spec = LabelJob(**job)
     config = spec.label_config()
     folder = RunFolder(out)
+    folder.check_config(spec.info(config))
     key = Path(manifest).stem
     names = folder.read_manifest(manifest)
     start = time.perf_counter()
@@ -66,12 +69,9 @@ def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
     record = {
         "shard": key,
         "images": len(names),
-        "labeled": stats.labeled,
-        "skipped_as_done": stats.skipped,
-        "failed": len(stats.failures),
+        **stats.record(),
         "seconds": round(time.perf_counter() - start, 3),
         "model_seconds": round(stats.model_seconds, 3),  # 0 when this process had the model loaded already
-        "batch_size": stats.batch_size,
     }
     write_json(folder.shard_marker_path(key), record)
     logger.info("shard %s: %d labeled, %d already done, %d failed", key, stats.labeled, stats.skipped,

@@ -12,7 +12,7 @@ and its shard is submitted again. Other flows sent to its queue run in a subproc
 
 from __future__ import annotations
 
-from clearclip.threads import sleep_when_waiting
+from clearclip.io.threads import sleep_when_waiting
 
 sleep_when_waiting()  # before torch loads (flows.label_shard imports it): waiting OpenMP threads sleep
 

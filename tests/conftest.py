@@ -11,7 +11,7 @@ os.environ.setdefault("CLEARCLIP_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
-os.environ["FIFTYONE_PLUGINS_DIR"] = str(Path(__file__).resolve().parents[1] / "plugins")
+os.environ["FIFTYONE_PLUGINS_DIR"] = str(Path(__file__).resolve().parents[1] / "clearclip" / "review" / "plugins")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from private_mongo import start_private_mongod  # noqa: E402

@@ -14,6 +14,7 @@ from pathlib import Path
 from processes import free_port, kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
+KILL_AFTER = Path(__file__).resolve().parent / "kill_after.py"
 
 FLOW_RUNS_SCRIPT = """
 import json
@@ -61,10 +62,12 @@ class ServeStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start_shard_worker(self, name: str, **env: str) -> subprocess.Popen:
+    def start_shard_worker(self, name: str, kill_after: int | None = None, **env: str) -> subprocess.Popen:
+        """A shard worker; with ``kill_after``, it SIGKILLs itself once that many images are committed."""
         log = open(self.home / f"worker-{name}.log", "ab")
+        start = [sys.executable, "-m"] if kill_after is None else [sys.executable, str(KILL_AFTER), str(kill_after)]
         worker = subprocess.Popen(
-            [sys.executable, "-m", "flows.shard_worker", "--pool", "gpu", "--queue", "shards", "--name", name],
+            [*start, "flows.shard_worker", "--pool", "gpu", "--queue", "shards", "--name", name],
             cwd=ROOT, env={**self.env, "PREFECT_WORKER_QUERY_SECONDS": "2", **env}, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(worker)

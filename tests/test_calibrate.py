@@ -8,9 +8,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from clearclip.calibrate import choose_thresholds, collect_evidence
+from clearclip.review.calibrate import choose_thresholds, collect_evidence
 from clearclip.cli import main
-from clearclip.review import PRED_FIELD, RUN_FIELD
+from clearclip.review.fields import PRED_FIELD, RUN_FIELD
 from folders import write_plain_folder
 
 
@@ -109,7 +109,7 @@ def test_refilter_equals_a_fresh_run_with_the_same_thresholds(tiny_model_name, t
     for path in (fresh / "labels").rglob("*.png"):
         twin = tmp_path / "refiltered" / "labels" / path.relative_to(fresh / "labels")
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(twin)))
-    dataset, _ = __import__("clearclip.review", fromlist=["load_run"]).load_run(tmp_path / "refiltered", name="refiltered")
+    dataset, _ = __import__("clearclip.review.sync", fromlist=["load_run"]).load_run(tmp_path / "refiltered", name="refiltered")
     assert dataset.count(f"{PRED_FIELD}.detections") == len(expected["annotations"])
 
 

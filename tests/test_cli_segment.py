@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from clearclip.cli import build_parser, main
-from clearclip.job import LabelJob
+from clearclip.cli.options import job_from_args
+from clearclip.run.job import LabelJob
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_every_job_option_reaches_the_job(field):
     if value is True:
         argument = [flag]
     args = build_parser().parse_args(["label", "data", "--class", "cat", *argument])
-    assert getattr(LabelJob.from_args(args, ["cat"]), field.name) == value
+    assert getattr(job_from_args(args, ["cat"]), field.name) == value
 
 
 COMMANDS = ["segment", "label", "eval-miou", "eval-coco", "review", "export", "calibrate", "refilter"]
@@ -98,7 +99,7 @@ def test_pretrained_none_means_random_weights_from_the_cli_the_flow_and_the_api(
     assert LabelJob(["cat"], pretrained=value).pretrained is None  # what the flows and the Python API build
     if value is not None:
         args = build_parser().parse_args(["label", "data", "--class", "cat", "--pretrained", value])
-        assert LabelJob.from_args(args, ["cat"]).pretrained is None
+        assert job_from_args(args, ["cat"]).pretrained is None
 
 
 @pytest.mark.parametrize(

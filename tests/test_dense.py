@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from clearclip import ClearCLIP, ClearCLIPError, Decomposition, VARIANTS
-from clearclip.decomposition import ATTENTIONS
+from clearclip.options import ATTENTIONS
 from reference import reference_dense
 
 
@@ -41,7 +41,7 @@ def test_presets_compute_their_methods(tiny_model, pixels, variant, definition):
 
 
 def test_cli_variant_names_are_the_presets():
-    from clearclip.job import VARIANT_NAMES
+    from clearclip.options import VARIANT_NAMES
 
     assert VARIANT_NAMES == tuple(VARIANTS)
 

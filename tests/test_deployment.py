@@ -1,7 +1,7 @@
 """End to end, as the README runs it: `scripts/serve` (a real Prefect server, pool `gpu`, the deployments, the
 crash-detection automation), long-lived shard workers, and `prefect deployment run label-dataset/default`.
 
-A worker dies mid-shard (SIGKILL, from the labeler's own hook, so the moment is deterministic): its run stops
+A worker dies mid-shard (SIGKILL, from the tests' kill_after runner, so the moment is deterministic): its run stops
 sending heartbeats, the automation marks it CRASHED, the parent submits the shard again and another worker
 finishes it, with nobody doing anything. A shard that fails on every attempt fails the parent with a message
 that says how to resume. Ctrl-C stops everything scripts/serve started."""
@@ -12,7 +12,6 @@ import socket
 import pytest
 
 from clearclip.cli import main
-from clearclip.labeling import KILL_AFTER_VARIABLE
 from folders import write_plain_folder
 from prefect_stack import ServeStack
 
@@ -53,7 +52,7 @@ def reference(folder, tmp_path_factory, tiny_model_name):
 def test_a_dead_worker_never_stalls_a_run(folder, reference, tiny_model_name, tmp_path):
     with ServeStack(tmp_path / "prefect") as stack:
         out = tmp_path / "run"
-        doomed = stack.start_shard_worker("doomed", **{KILL_AFTER_VARIABLE: "2"})  # SIGKILLs itself mid-shard
+        doomed = stack.start_shard_worker("doomed", kill_after=2)  # SIGKILLs itself mid-shard
         stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
         stack.wait_until(lambda: doomed.poll() is not None, 240, "the doomed worker to die mid-shard")
         assert doomed.returncode == -9

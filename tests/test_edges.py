@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clearclip.finish as finish
+import clearclip.run.finish as finish
 from clearclip.cli import main
-from clearclip.run_folder import RunFolder
+from clearclip.run.folder import RunFolder
 from folders import smooth_image, write_plain_folder
 
 CLASSES = ["background", "sky", "grass"]
@@ -190,7 +190,7 @@ def test_ctrl_c_while_decoding_prints_one_line(tiny_model_name, tmp_path):
 def test_random_weights_are_the_same_every_time():
     import torch
 
-    from clearclip.model import load_model
+    from clearclip.inference.model import load_model
 
     torch.manual_seed(123)
     expected_next = torch.rand(1)

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from clearclip.cli import main
-from clearclip.coco import encode_rle
-from clearclip.evaluation import BENCHMARKS, class_indices, confusion_matrix, coco_segm_eval, iou_metrics
+from rle_reference import encode_rle
+from clearclip.evaluation.benchmarks import BENCHMARKS
+from clearclip.evaluation.coco_eval import coco_segm_eval
+from clearclip.evaluation.miou import class_indices, confusion_matrix, iou_metrics
 
 
 def test_confusion_matrix_by_hand():

@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from clearclip.cli import main
-from clearclip.fiftyone import ClearCLIPModel, label_samples
+from clearclip.review.model import ClearCLIPModel, label_samples
 from folders import write_plain_folder
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from clearclip.cli import main
-from clearclip.job import LabelJob
-from clearclip.run_folder import RunFolder, manifest_key
+from clearclip.run.job import LabelJob
+from clearclip.run.folder import RunFolder, manifest_key
 from folders import smooth_image, write_plain_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_label_dataset_merge_equals_single_label_run(prefect_harness, folder, ti
     assert again["last_invocation"]["images_to_label"] == 1  # only the broken file, retried
     import fiftyone as fo
 
-    from clearclip.review import default_dataset_name
+    from clearclip.review.sync import default_dataset_name
 
     reviewed = fo.load_dataset(default_dataset_name(out))
     assert len(reviewed) == 8 and reviewed.count("pseudo_labels.detections") == again["annotations"]
@@ -157,7 +157,7 @@ def test_out_of_memory_halves_the_images_per_pass(tiny_model_name, tmp_path):
     import torch
 
     from clearclip import ClearCLIP
-    from clearclip.labeling import label_folder
+    from clearclip.run.plan import label_folder
 
     class OneImageFits(ClearCLIP):
         """A device that runs out of memory on any pass over more than one image."""

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from clearclip.cli import main
-from clearclip.export import detection_mask
-from clearclip.formats import mask_polygons
+from clearclip.review.fields import detection_mask
+from clearclip.review.formats import mask_polygons
 
 HEIGHT, WIDTH = 49, 67  # sizes whose relative coordinates do not come out round
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clearclip.images as images_module
-from clearclip.images import RUN_MARKER, ImageLoadError, load_image, scan_images
+import clearclip.io.images as images_module
+from clearclip.io.images import ImageLoadError, load_image, scan_images
+from clearclip.run.folder import RUN_MARKER
 from folders import smooth_image
 
 
@@ -66,7 +67,7 @@ def test_run_folders_inside_the_dataset_are_never_listed(tmp_path):
     save(tmp_path / "runs" / "old" / "labels" / "a.png")
     (tmp_path / "runs" / "old" / RUN_MARKER).touch()
     save(tmp_path / "out" / "labels" / "x.png")
-    assert scan_images(tmp_path, exclude=(tmp_path / "out",)).names == ["a.png"]
+    assert scan_images(tmp_path, exclude=(tmp_path / "out",), marker=RUN_MARKER).names == ["a.png"]
 
 
 def test_a_jpeg_whose_header_promises_more_than_it_holds_is_a_failure(tmp_path):

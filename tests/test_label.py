@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from clearclip.cli import main
 from clearclip import ClearCLIP, Vocabulary
-from clearclip.images import load_image, scan_images
+from clearclip.io.images import load_image, scan_images
 from folders import write_hostile_folder
 
 CLASSES = ["background", "sky, air", "grass", "road", "tree"]

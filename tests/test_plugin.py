@@ -8,8 +8,8 @@ import fiftyone.operators as foo
 import numpy as np
 from fiftyone.operators.delegated import DelegatedOperationService
 
-from clearclip.export import export_view_coco
-from clearclip.fiftyone import ClearCLIPModel
+from clearclip.review.export import export_view_coco
+from clearclip.review.model import ClearCLIPModel
 from folders import write_plain_folder
 
 LABEL = "@clearclip/clearclip/label_with_clearclip"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clearclip.refine import pamr
+from clearclip.inference.refine import affinity, propagate
 from pamr_reference import reference_pamr
 
 
@@ -14,7 +14,7 @@ def test_pamr_equals_the_reference_borders_included(size, dilations, iterations)
     guide = torch.randn(3, *size)
     guide[:, : size[0] // 2] = guide[:, : size[0] // 2].round()  # flat patches: a standard deviation of 0
     logits = torch.randn(6, *size) * 0.1
-    ours = pamr(guide, logits, iterations, dilations)
+    ours = propagate(logits, affinity(guide, dilations), dilations, iterations)
     ref = reference_pamr(guide, logits, iterations, dilations)
     assert (ours - ref).abs().max() < 1e-5
     assert (ours - logits).abs().max() > 1e-3  # it did refine
@@ -34,7 +34,8 @@ def reference_refined(logits, guide, size, query_to_class, classes, iterations, 
 
 @pytest.mark.parametrize("band_elements", [None, 2000, 300])
 def test_refined_reduction_equals_the_whole_image_in_bands_and_chunks(band_elements):
-    from clearclip.segmentation import SegmentSettings, reduce_logits_refined
+    from clearclip.inference.segmentation import reduce_logits_refined
+    from clearclip.options import SegmentSettings
 
     torch.manual_seed(1)
     logits = torch.randn(9, 13, 7) * 0.05  # (h, w, queries) at the working size

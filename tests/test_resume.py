@@ -1,6 +1,6 @@
 """A label run killed with SIGKILL part-way leaves no process behind and resumes to exactly the annotations of
-an uninterrupted run. The kill comes from the labeler's own hook (CLEARCLIP_KILL_AFTER_IMAGES), so the
-moment is deterministic."""
+an uninterrupted run. The kill comes from the tests' kill_after runner (after N images are committed),
+so the moment is deterministic."""
 
 import json
 import os
@@ -8,15 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
-from clearclip.labeling import KILL_AFTER_VARIABLE
 from folders import write_plain_folder
 
 
-def label_command(root, out, model):
-    return [sys.executable, "-m", "clearclip", "label", str(root), "--out", str(out), "--model", model,
+KILL_AFTER = Path(__file__).resolve().parent / "kill_after.py"
+
+
+def label_command(root, out, model, kill_after=None):
+    start = [sys.executable, "-m"] if kill_after is None else [sys.executable, str(KILL_AFTER), str(kill_after)]
+    return [*start, "clearclip", "label", str(root), "--out", str(out), "--model", model,
             "--class", "background", "--class", "sky", "--class", "grass, lawn", "--class", "road",
             "--short-side", "96", "--crop", "32", "--stride", "16", "--device", "cpu", "--quiet",
             "--batch-size", "1", "--workers", "0", "--min-area", "3"]
@@ -37,9 +41,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tiny_model_name, tmp_path):
     subprocess.run(label_command(root, reference, tiny_model_name), check=True, capture_output=True, timeout=120)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(label_command(root, killed, tiny_model_name), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**os.environ, KILL_AFTER_VARIABLE: "5"},
-                               start_new_session=True)
+    process = subprocess.Popen(label_command(root, killed, tiny_model_name, kill_after=5), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     assert process.wait(timeout=120) == -signal.SIGKILL
     time.sleep(1)
     survivors = [p for p in psutil.process_iter(["pid"]) if _live_session(p) == process.pid]

@@ -17,9 +17,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from clearclip.cli import main
-from clearclip.export import export_coco
-from clearclip.review import LEAST_CONFIDENT_VIEW, NOT_IN_RUN_TAG, PRED_FIELD, RUN_CHANGED_TAG, RUN_FIELD, \
-    RUN_HASH_FIELD, default_dataset_name, load_run
+from clearclip.review.export import export_coco
+from clearclip.review.fields import LEAST_CONFIDENT_VIEW, NOT_IN_RUN_TAG, PRED_FIELD, RUN_CHANGED_TAG, RUN_FIELD, \
+    RUN_HASH_FIELD
+from clearclip.review.sync import default_dataset_name, load_run
 from folders import smooth_image, write_plain_folder
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]

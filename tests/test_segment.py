@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clearclip import ClearCLIP, Vocabulary
-from clearclip.segmentation import TILE_ELEMENTS, LogitAccumulator, category_map, reduce_logits
-from clearclip.windows import Padding, Window, center_padding, resized_size, sliding_windows
+from clearclip.inference.segmentation import TILE_ELEMENTS, LogitAccumulator, category_map, reduce_logits
+from clearclip.inference.windows import Padding, Window, center_padding, resized_size, sliding_windows
 from reference import reference_segment, reference_text
 
 TEMPLATES = ("a photo of a {}.", "a {} in a scene.")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clearclip import ClearCLIP
-from clearclip.text import DEFAULT_TEMPLATES, TextEmbeddingCache, encode_names
+from clearclip.inference.text import DEFAULT_TEMPLATES, TextEmbeddingCache, encode_names
 from reference import reference_text
 
 NAMES = ["cat", "a very long class name with many words in it", "traffic light", "background"]
@@ -80,7 +80,7 @@ def test_names_longer_than_the_context_are_warned_about_and_collisions_refused(t
     import warnings
 
     from clearclip import ClearCLIPError, Vocabulary
-    from clearclip.text import ClassNameWarning
+    from clearclip.inference.text import ClassNameWarning
 
     cc = ClearCLIP(tiny_model, tokenizer)
     image = torch.zeros(16, 16, 3, dtype=torch.uint8).numpy()

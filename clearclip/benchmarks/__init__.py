@@ -1,1 +1,0 @@
-"""Class lists of the paper's eight benchmarks (package data)."""

@@ -1,0 +1,98 @@
+"""Export: reviewed FiftyOne labels back to COCO JSON with the run's categories and compressed RLE masks.
+
+Samples stream from the database into the COCO writer, so an export holds one sample at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..annotations.coco import CocoWriter
+from ..errors import ClearCLIPError
+from ..run.folder import RUN_MARKER
+from .fields import EXCLUDED_TAGS, FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, from_detection
+
+
+def output_path(out: str | Path, overwrite: bool = False) -> Path:
+    """The file an export may write: not a folder, in an existing folder, not a file of a run folder, and not
+    an existing file unless ``overwrite``. Raises ClearCLIPError saying what to do."""
+    out = Path(out)
+    if out.is_dir():
+        raise ClearCLIPError(f"{out} is a folder; give a file name such as {out / 'reviewed.json'}")
+    if not out.parent.is_dir():
+        raise ClearCLIPError(f"the folder of {out} does not exist; create it first")
+    if (out.parent / RUN_MARKER).exists():
+        raise ClearCLIPError(f"{out.parent} is a clearclip run folder; its files are the run's own: export elsewhere")
+    if out.exists() and not overwrite:
+        raise ClearCLIPError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    return out
+
+
+def export_coco(
+    dataset_name: str,
+    out: str | Path,
+    field: str = PRED_FIELD,
+    tags: Sequence[str] | None = None,
+    exclude_tags: Sequence[str] = EXCLUDED_TAGS,
+    overwrite: bool = False,
+) -> tuple[int, int]:
+    """Write the labels of ``field`` of ``tagged_view(dataset_name, tags, exclude_tags)`` as COCO JSON; returns
+    (images, annotations) written. See ``export_view_coco``."""
+    return export_view_coco(tagged_view(dataset_name, tags, exclude_tags), out, field, overwrite)
+
+
+def tagged_view(dataset_name: str, tags: Sequence[str] | None = None,
+                exclude_tags: Sequence[str] = EXCLUDED_TAGS):
+    """The samples of a FiftyOne dataset that an export writes: those with none of ``exclude_tags`` and, when
+    ``tags`` are given, with one of them."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(dataset_name):
+        raise ClearCLIPError(f"no FiftyOne dataset named '{dataset_name}'; known: {', '.join(fo.list_datasets())}")
+    view = fo.load_dataset(dataset_name).view()
+    if tags:
+        view = view.match_tags(list(tags))
+    if exclude_tags:
+        view = view.match_tags(list(exclude_tags), bool=False)
+    return view
+
+
+def export_view_coco(view, out: str | Path, field: str = PRED_FIELD, overwrite: bool = False) -> tuple[int, int]:
+    """Write the Detections of ``field`` of the samples of ``view`` as COCO JSON; returns (images, annotations).
+    ``out`` is checked by ``output_path``.
+
+    Image ids are the run's (``coco_image_id``) where samples have them; annotation ids run from 1 in image
+    order. Categories keep the run's ids and names (a label renamed to a new name gets the next id).
+    """
+    out = output_path(out, overwrite)
+    dataset = view._dataset
+    if not dataset.has_sample_field(field):
+        raise ClearCLIPError(f"dataset '{dataset.name}' has no field '{field}'")
+    run = dataset.info.get("clearclip", {})
+    categories = [dict(c) for c in run.get("categories", [])]
+    category_ids = {c["name"]: c["id"] for c in categories}
+    has_ids = dataset.has_sample_field(IMAGE_ID_FIELD)
+    view = view.sort_by(IMAGE_ID_FIELD) if has_ids else view
+
+    info = {**run.get("info", {}), "exported_from": dataset.name, "field": field}
+    with CocoWriter(out, info, categories) as coco:
+        kept = [f for f in (FILE_NAME_FIELD, IMAGE_ID_FIELD) if dataset.has_sample_field(f)]
+        for sample in view.select_fields([field, "metadata", *kept]):
+            if sample.metadata is None or sample.metadata.width is None:
+                sample.compute_metadata()
+            width, height = sample.metadata.width, sample.metadata.height
+            labels = sample[field]
+            lines = []
+            for detection in labels.detections if labels is not None else []:
+                if detection.label not in category_ids:
+                    category_ids[detection.label] = max(category_ids.values(), default=0) + 1
+                    categories.append({"id": category_ids[detection.label], "name": detection.label, "supercategory": ""})
+                annotation = from_detection(detection, category_ids[detection.label], width, height)
+                if annotation is not None:
+                    lines.append(annotation.line())
+            has_name = sample.has_field(FILE_NAME_FIELD) and sample[FILE_NAME_FIELD]
+            file_name = sample[FILE_NAME_FIELD] if has_name else Path(sample.filepath).name
+            image_id = sample[IMAGE_ID_FIELD] if has_ids and sample[IMAGE_ID_FIELD] else None
+            coco.add_image(file_name, width, height, lines, image_id=image_id)
+    return coco.images, coco.annotations

@@ -1,0 +1,98 @@
+"""Ground truth in a review dataset: a COCO JSON (FiftyOne's parser; matched with pycocotools as
+``clearclip eval-coco`` matches) or a folder of label maps (``evaluate_segmentations``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ..annotations.rle import encode_rle_in_box
+from ..errors import ClearCLIPError
+from ..run.folder import label_map_name
+from .fields import BATCH, PRED_FIELD, SEGMENTATION_FIELD, batched, detection_mask
+
+def load_ground_truth(dataset, gt_path: Path) -> str:
+    """Add ground truth and evaluate; returns the evaluation summary."""
+    if gt_path.is_dir():
+        values = {}
+        for sample_id, file_name in zip(*dataset.values(["id", "file_name"])):
+            mask = gt_path / label_map_name(file_name)
+            values[sample_id] = _segmentation(str(mask.resolve()))
+        dataset.set_values("ground_truth_segmentation", values, key_field="id")
+        dataset.mask_targets = {**dataset.mask_targets, "ground_truth_segmentation": dataset.mask_targets[SEGMENTATION_FIELD]}
+        dataset.save()
+        results = dataset.evaluate_segmentations(SEGMENTATION_FIELD, gt_field="ground_truth_segmentation",
+                                                 eval_key="eval_seg")
+        metrics = results.metrics()
+        return (f"eval_seg: accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
+                f"recall {metrics['recall']:.4f}")
+    import fiftyone.utils.coco as fouc
+
+    try:
+        _, classes_map, supercategories, images, annotations = fouc.load_coco_detection_annotations(str(gt_path))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ClearCLIPError(f"cannot read ground truth {gt_path} as COCO ({error})") from error
+    by_file = {image["file_name"]: image for image in images.values()}
+    annotations = annotations or {}
+    matched = 0
+    for batch in batched(zip(*dataset.values(["id", "file_name", "metadata.width", "metadata.height"])), BATCH):
+        values = {}
+        for sample_id, file_name, width, height in batch:
+            image = by_file.get(file_name)
+            objects = annotations.get(image["id"], []) if image else []
+            matched += image is not None
+            detections = [o.to_detection((width, height), classes_map, supercategories, load_segmentation=True,
+                                         include_id=True) for o in objects]
+            values[sample_id] = _detections(detections)
+        dataset.set_values("ground_truth", values, key_field="id")
+    return _evaluate_coco(dataset, gt_path, {i["file_name"]: i["id"] for i in images.values()}, matched)
+
+
+def _evaluate_coco(dataset, gt_path: Path, gt_image_ids: dict[str, int], matched: int) -> str:
+    """Match PRED_FIELD to the ground truth with pycocotools (as ``clearclip eval-coco`` does, crowd regions
+    included) and record every outcome: ``eval`` on each detection ("tp", "fp", "crowd") and ground-truth
+    object ("tp", "fn", "crowd"), and ``eval_tp``/``eval_fp``/``eval_fn`` per sample."""
+    from ..evaluation.coco_eval import coco_evaluate, load_coco_ground_truth
+
+    gt = load_coco_ground_truth(gt_path)
+    category_ids = {c["name"]: c["id"] for c in gt.dataset["categories"]}
+    results, owners = [], []
+    view = dataset.select_fields([PRED_FIELD, "file_name", "metadata"])
+    for sample in view.iter_samples():
+        image_id = gt_image_ids.get(sample.file_name)
+        width, height = sample.metadata.width, sample.metadata.height
+        for index, detection in enumerate(sample[PRED_FIELD].detections if sample[PRED_FIELD] else []):
+            if image_id is None or detection.label not in category_ids:
+                continue
+            mask, x, y = detection_mask(detection, width, height)
+            results.append({"image_id": image_id, "category_id": category_ids[detection.label],
+                            "segmentation": encode_rle_in_box(mask, x, y, height, width),
+                            "score": detection.confidence if detection.confidence is not None else 1.0})
+            owners.append((sample.id, index))
+    evaluation = coco_evaluate(gt, results)
+    outcome = {owner: result for owner, result in zip(owners, evaluation.detections)}
+    for sample in dataset.select_fields([PRED_FIELD, "ground_truth"]).iter_samples(autosave=True):
+        counts = Counter()
+        for index, detection in enumerate(sample[PRED_FIELD].detections if sample[PRED_FIELD] else []):
+            detection["eval"] = outcome.get((sample.id, index), "unmatched class or image")
+            counts[detection["eval"]] += 1
+        for detection in sample.ground_truth.detections if sample.ground_truth else []:
+            detection["eval"] = evaluation.ground_truth.get(detection["coco_id"], "fn")
+            counts[detection["eval"] + "_gt"] += 1
+        sample["eval_tp"], sample["eval_fp"], sample["eval_fn"] = counts["tp"], counts["fp"], counts["fn_gt"]
+    counts = evaluation.counts()
+    return (f"eval ({matched} images matched by file_name; pycocotools segm, as clearclip eval-coco): "
+            f"AP {evaluation.stats[0]:.4f}, AP50 {evaluation.stats[1]:.4f}; at IoU 0.5: TP {counts['TP']}, "
+            f"FP {counts['FP']}, FN {counts['FN']}, matched a crowd region (ignored) {counts['crowd']}")
+
+
+def _segmentation(mask_path: str):
+    import fiftyone as fo
+
+    return fo.Segmentation(mask_path=mask_path)
+
+
+def _detections(detections: list):
+    import fiftyone as fo
+
+    return fo.Detections(detections=[d for d in detections if d is not None])

@@ -1,0 +1,93 @@
+"""FiftyOne plugin: label the current view or selection with ClearCLIP, and export the current view to COCO.
+
+Install for any App: put this folder in FiftyOne's plugins directory (``fiftyone config plugins_dir``), or
+point ``FIFTYONE_PLUGINS_DIR`` at the folder holding it; ``clearclip review`` does the latter by itself.
+"""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+IMMEDIATE_LIMIT = 20  # more samples than this are labeled as a delegated operation (fiftyone delegated launch)
+
+
+def _target(ctx):
+    return ctx.view.select(ctx.selected) if ctx.selected else ctx.view
+
+
+class LabelWithClearCLIP(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="label_with_clearclip", label="Label with ClearCLIP", dynamic=True,
+                                  allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        count = len(_target(ctx))
+        where = "the selected samples" if ctx.selected else "the current view"
+        inputs.view("target", types.Notice(label=f"Labels {where} ({count} samples)"
+                                           + (", as a delegated operation" if count > IMMEDIATE_LIMIT else "")))
+        inputs.str("classes", label="Classes", required=True, view=types.TextFieldView(multiline=True),
+                   description="one class a line; commas separate synonyms (person, man); a first line "
+                               "'background' makes class 0 background")
+        inputs.str("label_field", label="Field", default="clearclip",
+                   description="results go to <field>_segmentation and <field>_detections")
+        inputs.str("model", label="Model", default="ViT-B-16")
+        inputs.str("pretrained", label="Weights", default="openai")
+        inputs.float("min_score", label="Minimum region score", default=0.0)
+        inputs.float("min_area_fraction", label="Minimum region area (fraction of the image)", default=0.001)
+        inputs.float("background_threshold", label="Background threshold", default=0.0)
+        return types.Property(inputs)
+
+    def resolve_delegation(self, ctx):
+        return len(_target(ctx)) > IMMEDIATE_LIMIT
+
+    def execute(self, ctx):
+        from clearclip.review.model import ClearCLIPModel, label_samples
+
+        params = ctx.params
+        classes = [line.strip() for line in params["classes"].splitlines() if line.strip()]
+        model = ClearCLIPModel(classes, model=params.get("model", "ViT-B-16"),
+                               pretrained=params.get("pretrained") or None,
+                               background_threshold=params.get("background_threshold", 0.0),
+                               min_score=params.get("min_score", 0.0),
+                               min_area_fraction=params.get("min_area_fraction", 0.001),
+                               **params.get("options", {}))
+        target = _target(ctx)
+        label_samples(target, model, params.get("label_field", "clearclip"))
+        if not ctx.delegated:
+            ctx.ops.reload_dataset()
+        return {"labeled": len(target)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("labeled", label="Samples labeled")
+        return types.Property(outputs)
+
+
+class ExportCOCO(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="export_coco", label="Export the current view to COCO (clearclip)")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("path", label="COCO JSON file", required=True)
+        inputs.str("field", label="Detections field", default="pseudo_labels")
+        return types.Property(inputs)
+
+    def execute(self, ctx):
+        from clearclip.review.export import export_view_coco
+
+        images, annotations = export_view_coco(_target(ctx), ctx.params["path"], ctx.params.get("field", "pseudo_labels"))
+        return {"images": images, "annotations": annotations}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("images", label="Images")
+        outputs.int("annotations", label="Annotations")
+        return types.Property(outputs)
+
+
+def register(plugin):
+    plugin.register(LabelWithClearCLIP)
+    plugin.register(ExportCOCO)

@@ -1,0 +1,256 @@
+"""Review: stream a run into a persistent FiftyOne dataset, least confident first, keeping every edit.
+
+Fields per sample (names in ``fields``):
+- ``pseudo_labels``: what reviewers edit (delete, relabel, add) and ``clearclip export`` writes;
+- ``pseudo_labels_run``: the run's pseudo-labels as the run wrote them, read-only in the App;
+- ``pseudo_segmentation`` (the label map on disk), ``min_confidence``, ``mean_confidence``,
+  ``coco_image_id``, ``file_name``; with ground truth, ``ground_truth`` or ``ground_truth_segmentation``.
+Every detection carries ``run_index``, its position among the run's annotations of its image.
+
+A rerun adds images that are new to the run and keeps everything a reviewer did: samples whose run
+labels are unchanged are not touched; where the run relabeled an image, ``pseudo_labels_run`` is
+refreshed, and ``pseudo_labels`` too unless a reviewer edited it (then the sample is tagged
+``run-changed``). Samples whose image left the run are tagged ``not-in-run``. File names read from the
+run go through the path gate: a name that is absolute or leaves the dataset is an error, never a sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import ijson
+
+from ..annotations.coco import iter_coco_images, read_coco_header
+from ..annotations.record import Annotation
+from ..errors import ClearCLIPError
+from ..run.folder import RunFolder
+from ..run.paths import checked_name
+from .app import app_config
+from .fields import (
+    FILE_NAME_FIELD,
+    IMAGE_ID_FIELD,
+    LEAST_CONFIDENT_VIEW,
+    NOT_IN_RUN_TAG,
+    PRED_FIELD,
+    RUN_CHANGED_TAG,
+    RUN_FIELD,
+    RUN_HASH_FIELD,
+    SEGMENTATION_FIELD,
+    WRITTEN_HASH_FIELD,
+    batched,
+    to_detection,
+)
+from .ground_truth import load_ground_truth
+
+
+def default_dataset_name(run_dir: str | Path) -> str:
+    """``clearclip-<run folder name>-<hash of its absolute path>``: one dataset per run folder."""
+    path = Path(run_dir).resolve()
+    return f"clearclip-{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
+def annotations_hash(annotations: list[dict]) -> str:
+    """A hash of an image's annotations without their ids (ids move when the dataset grows)."""
+    content = [{k: v for k, v in a.items() if k not in ("id", "image_id")} for a in annotations]
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def detections_hash(detections) -> str:
+    """A hash of what a Detections field holds: labels, boxes, confidences and masks."""
+    digest = hashlib.sha1()
+    for detection in detections.detections if detections is not None else []:
+        digest.update(json.dumps([detection.label, [round(v, 6) for v in detection.bounding_box],
+                                  detection.confidence]).encode())
+        if detection.mask is not None:
+            digest.update(detection.mask.tobytes())
+    return digest.hexdigest()
+
+
+def run_detections(annotations: list[dict], classes_map: dict[int, str], source: Path):
+    """The run's annotations of one image as FiftyOne Detections (``run_index`` = position in the image)."""
+    import fiftyone as fo
+
+    detections = []
+    for index, annotation in enumerate(annotations):
+        try:
+            record = Annotation.from_dict(annotation)
+            label = classes_map[record.category_id]
+        except (ValueError, KeyError) as error:
+            raise ClearCLIPError(f"{source}: annotation {annotation.get('id')!r} cannot be read ({error}); rerun "
+                                 "clearclip label into this run folder to rewrite it") from None
+        detections.append(to_detection(record, label, index))
+    return fo.Detections(detections=detections)
+
+
+def _sample_values(image: dict, annotations: list[dict], classes_map: dict[int, str], folder: RunFolder) -> dict:
+    import fiftyone as fo
+
+    scores = [a["score"] for a in annotations if a.get("score") is not None]
+    return {
+        RUN_FIELD: run_detections(annotations, classes_map, folder.annotations_path),
+        RUN_HASH_FIELD: annotations_hash(annotations),
+        SEGMENTATION_FIELD: fo.Segmentation(mask_path=str(folder.label_path(image["file_name"]).resolve())),
+        "min_confidence": float(min(scores)) if scores else None,
+        "mean_confidence": float(sum(scores) / len(scores)) if scores else None,
+        IMAGE_ID_FIELD: image["id"],
+        FILE_NAME_FIELD: image["file_name"],
+        "metadata": fo.ImageMetadata(width=image["width"], height=image["height"]),
+    }
+
+
+def _editable_copy(run_labels):
+    import fiftyone as fo
+
+    return fo.Detections(detections=[detection.copy() for detection in run_labels.detections])
+
+
+@contextmanager
+def _writable(dataset, field: str):
+    """Let the tool write a field that is read-only for reviewers."""
+    schema_field = dataset.get_field(field)
+    if schema_field is None or not schema_field.read_only:
+        yield
+        return
+    schema_field.read_only = False
+    schema_field.save()
+    try:
+        yield
+    finally:
+        schema_field.read_only = True
+        schema_field.save()
+
+
+def _make_run_field_read_only(dataset) -> None:
+    field = dataset.get_field(RUN_FIELD)
+    if field is not None and not field.read_only:
+        field.read_only = True
+        field.save()
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _not_json(path: Path, run_dir: Path, error: Exception) -> ClearCLIPError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ClearCLIPError(f"{path} is not valid JSON ({reason}); rerun clearclip label into {run_dir} to rewrite it")
+
+
+def _declare_fields(dataset) -> None:
+    """The label and hash fields, declared before samples are written: a load interrupted midway leaves
+    them empty in some samples, never missing from the dataset."""
+    import fiftyone as fo
+
+    for field in (RUN_FIELD, PRED_FIELD):
+        if not dataset.has_field(field):
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    for field in (RUN_HASH_FIELD, WRITTEN_HASH_FIELD):
+        if not dataset.has_field(field):
+            dataset.add_sample_field(field, fo.StringField)
+
+
+def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_map, folder) -> None:
+    """Add samples for ``(filepath, image, annotations)`` of images new to the dataset.
+
+    The samples go in without labels, the run's labels follow with ``set_values`` and the editable copy is
+    made inside the database: ``add_samples`` with labels re-reads every sample it writes, 4x the time. The
+    run hash goes last, so a sample of an interrupted load is finished by the next (``_apply_run_changes``).
+    """
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    values = [_sample_values(image, annotations, classes_map, folder) for _, image, annotations in new]
+    labels, hashes = [v.pop(RUN_FIELD) for v in values], [v.pop(RUN_HASH_FIELD) for v in values]
+    # no Sample kept in memory here: FiftyOne reloads those whenever fields change
+    ids = dataset.add_samples([fo.Sample(filepath=filepath, **v) for (filepath, _, _), v in zip(new, values)],
+                              validate=False, progress=False)  # values from our own parser: validation is redundant
+    dataset.set_values(RUN_FIELD, dict(zip(ids, labels)), key_field="id", validate=False)
+    dataset.select(ids).set_field(PRED_FIELD, F(RUN_FIELD)).save(PRED_FIELD)  # the same labels, ids included
+    dataset.set_values(WRITTEN_HASH_FIELD, dict(zip(ids, map(detections_hash, labels))), key_field="id")
+    dataset.set_values(RUN_HASH_FIELD, dict(zip(ids, hashes)), key_field="id")
+
+
+def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], classes_map, folder, counts) -> None:
+    """Refresh the run's labels of samples whose image the run relabeled; edited samples keep their edits.
+    A sample that an interrupted load left without its labels (no written hash) is finished."""
+    for sample in dataset.select(list(changed)).iter_samples(autosave=True):
+        image, annotations = changed[sample.id]
+        values = _sample_values(image, annotations, classes_map, folder)
+        untouched = sample[WRITTEN_HASH_FIELD] in (None, detections_hash(sample[PRED_FIELD]))
+        for key, value in values.items():
+            sample[key] = value
+        if untouched:
+            sample[PRED_FIELD] = _editable_copy(values[RUN_FIELD])
+            sample[WRITTEN_HASH_FIELD] = detections_hash(sample[PRED_FIELD])
+            counts["refreshed"] += 1
+        else:
+            sample.tags.append(RUN_CHANGED_TAG)
+            counts["edited, kept"] += 1
+
+
+def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None = None):
+    """Create or update the persistent FiftyOne dataset of a run, in batches; returns (dataset, report).
+
+    See the module docstring for what a rerun does. ``gt`` is a COCO JSON (evaluated with
+    ``evaluate_detections``, crowd regions handled as COCO does) or a folder of label maps.
+    """
+    import fiftyone as fo
+
+    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
+    dataset_dir = Path(folder.read_summary()["dataset"])
+    path = folder.annotations_path
+    try:
+        info, categories = read_coco_header(path)
+    except ijson.JSONError as error:
+        raise _not_json(path, run_dir, error) from error
+    classes_map = {c["id"]: c["name"] for c in categories}
+    name = name or default_dataset_name(run_dir)
+    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    dataset.persistent = True
+    dataset.mask_targets = {**dataset.mask_targets, SEGMENTATION_FIELD: {0: "background", **classes_map}}
+    dataset.info["clearclip"] = {"run_dir": str(run_dir.resolve()), "dataset_dir": str(dataset_dir),
+                                 "categories": categories, "info": info}
+    app_config(dataset, categories)
+    dataset.save()
+
+    existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
+    _declare_fields(dataset)
+    run_hashes = dict(zip(*dataset.values(["id", RUN_HASH_FIELD])))
+    counts: Counter[str] = Counter()
+    try:
+        with _writable(dataset, RUN_FIELD):  # once for the whole load: each change reloads samples in memory
+            for batch in batched(iter_coco_images(path)):
+                new, image_ids, changed = [], {}, {}
+                for image, annotations in batch:
+                    filepath = str((dataset_dir / checked_name(image.get("file_name"), path)).resolve())
+                    sample_id = existing.pop(filepath, None)
+                    if sample_id is None:
+                        new.append((filepath, image, annotations))
+                        continue
+                    image_ids[sample_id] = image["id"]
+                    if run_hashes.get(sample_id) != annotations_hash(annotations):
+                        changed[sample_id] = (image, annotations)
+                if new:
+                    _add_new_samples(dataset, new, classes_map, folder)
+                    counts["added"] += len(new)
+                if image_ids:
+                    dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
+                    counts["unchanged"] += len(image_ids) - len(changed)
+                if changed:
+                    _apply_run_changes(dataset, changed, classes_map, folder, counts)
+    except ijson.JSONError as error:
+        raise _not_json(path, run_dir, error) from error
+    _make_run_field_read_only(dataset)
+    if existing:
+        dataset.select(list(existing.values())).tag_samples(NOT_IN_RUN_TAG)
+        counts["not in the run (tagged not-in-run)"] += len(existing)
+
+    lines = [f"FiftyOne dataset '{dataset.name}': {len(dataset)} samples, "
+             f"{dataset.count(PRED_FIELD + '.detections')} pseudo-labels; "
+             + ", ".join(f"{value} {key}" for key, value in counts.items() if value)]
+    if gt is not None:
+        lines.append(load_ground_truth(dataset, Path(gt)))
+    dataset.save_view(LEAST_CONFIDENT_VIEW, dataset.sort_by("min_confidence"), overwrite=True)
+    return dataset, "\n".join(lines)

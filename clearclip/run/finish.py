@@ -1,0 +1,150 @@
+"""Finishing a labeled image: its label map PNG, its regions with their RLE, and the record that commits it.
+
+Finishing costs a few milliseconds of CPU per image and never touches the model, so it runs in worker
+processes (torch-free, one thread each) while the main process keeps the device busy.
+
+The one global change: the first ``Finishers`` with processes wraps ``multiprocessing.spawn.get_preparation_data``
+so that a process named ``clearclip-finisher-*`` does not re-import the parent's ``__main__`` (a script whose
+imports, torch among them, cost seconds and hundreds of MB per finisher). Other spawned processes are untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import spawn
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import numpy as np
+
+from ..annotations.regions import extract_regions
+from ..annotations.thresholds import RegionFilter
+from ..io.images import ImageFile
+from ..io.label_png import save_label_png
+from ..vocabulary import Vocabulary
+from .folder import RunFolder
+
+
+def finish_maps(folder: RunFolder, image: ImageFile, categories: np.ndarray, scores: np.ndarray,
+                vocabulary: Vocabulary, region_filter: RegionFilter, precision: str) -> int:
+    """Write an image's label map, then its record (which commits it); returns the bytes written.
+
+    ``categories`` is the (H, W) map of category ids, ``scores`` the per-pixel probability.
+    """
+    label_path = folder.inside(folder.label_path(image.name))
+    save_label_png(categories, label_path)
+    height, width = categories.shape
+    annotations = extract_regions(categories, scores, vocabulary, region_filter)
+    folder.write_record(image, width, height, [a.line() for a in annotations], [a.category_id for a in annotations],
+                        precision)
+    return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
+
+
+PR_SET_PDEATHSIG = 1
+WORKER_NAME = "clearclip-finisher"
+
+
+class _FinisherProcess(SpawnProcess):
+    """A spawned process named so that ``_preparation_data`` recognises it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = f"{WORKER_NAME}-{self.name}"
+
+
+class _FinisherContext(SpawnContext):
+    Process = _FinisherProcess
+
+
+def _skip_main_in_finishers() -> None:
+    """Make spawned finishers skip the parent's ``__main__`` (see the module docstring); idempotent."""
+    original = spawn.get_preparation_data
+    if getattr(original, "skips_main_in_finishers", False):
+        return
+
+    def preparation_data(name: str) -> dict:
+        data = original(name)
+        if name.startswith(WORKER_NAME):
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        return data
+
+    preparation_data.skips_main_in_finishers = True
+    spawn.get_preparation_data = preparation_data
+
+_job: tuple | None = None  # (folder, vocabulary, region_filter, precision) of a worker process
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` ends, however it ends (a SIGKILLed labeler leaves no finisher behind)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown ends the workers
+        return
+    if os.getppid() != parent:  # it ended before prctl took effect
+        os._exit(1)
+
+
+def _start_worker(parent: int, root: Path, vocabulary: Vocabulary, region_filter: RegionFilter, precision: str) -> None:
+    global _job
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report
+    _job = (RunFolder(root), vocabulary, region_filter, precision)
+
+
+def _finish_in_worker(image: ImageFile, block: str, shape: tuple[int, int], category_type: str) -> int:
+    """Finish an image whose maps the main process left in shared memory (categories, then scores)."""
+    folder, vocabulary, region_filter, precision = _job
+    memory = SharedMemory(block)  # the main process unlinks it once this task is done
+    try:
+        categories = np.ndarray(shape, category_type, buffer=memory.buf)
+        scores = np.ndarray(shape, np.float32, buffer=memory.buf, offset=_aligned(categories.nbytes))
+        return finish_maps(folder, image, categories, scores, vocabulary, region_filter, precision)
+    finally:
+        del categories, scores
+        memory.close()
+
+
+def _aligned(size: int) -> int:
+    return -(-size // 8) * 8
+
+
+class Finishers:
+    """``processes`` finishing processes (spawned: nothing of the main process's CUDA or threads is
+    inherited), or, with 0, one thread of this process. ``with Finishers(...) as f: f.submit(...)``."""
+
+    def __init__(self, folder: RunFolder, vocabulary: Vocabulary, region_filter: RegionFilter, precision: str,
+                 processes: int) -> None:
+        self.job = (folder, vocabulary, region_filter, precision)
+        self.processes = processes
+        self._pool: Executor | None = None
+
+    def __enter__(self) -> "Finishers":
+        folder, vocabulary, region_filter, precision = self.job
+        if self.processes:
+            _skip_main_in_finishers()
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=_FinisherContext(), initializer=_start_worker,
+                                             initargs=(os.getpid(), folder.root, vocabulary, region_filter, precision))
+        else:
+            self._pool = ThreadPoolExecutor(1)
+        return self
+
+    def submit(self, image: ImageFile, categories: np.ndarray, scores: np.ndarray) -> Future:
+        """Finish one image; the future gives the bytes written. Maps travel to a process through shared
+        memory: one copy here, none through a pipe."""
+        if not self.processes:
+            return self._pool.submit(finish_maps, *self.job[:1], image, categories, scores, *self.job[1:])
+        offset = _aligned(categories.nbytes)
+        memory = SharedMemory(create=True, size=offset + scores.nbytes)
+        np.ndarray(categories.shape, categories.dtype, buffer=memory.buf)[:] = categories
+        np.ndarray(scores.shape, np.float32, buffer=memory.buf, offset=offset)[:] = scores
+        future = self._pool.submit(_finish_in_worker, image, memory.name, categories.shape, categories.dtype.str)
+        future.add_done_callback(lambda _: (memory.close(), memory.unlink()))
+        return future
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=exc_info[0] is None, cancel_futures=exc_info[0] is not None)

@@ -1,0 +1,86 @@
+"""The merge: every finished image's record into ``annotations.json``, and the run summary ``run.json``.
+
+Streams: one image's annotations are in memory at a time, and stored annotation lines are copied with
+their ids prepended, never parsed, so the merge of a million images costs time, not memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from ..annotations.coco import CocoWriter, categories
+from ..io.atomic import write_json
+from ..io.images import ImageFile
+from ..vocabulary import Vocabulary
+from .folder import DONE, FAILED, RunFolder
+
+
+def merge_run(
+    folder: RunFolder,
+    images: Sequence[ImageFile],
+    vocabulary: Vocabulary,
+    info: dict,
+    extra: dict | None = None,
+    problems: Sequence[dict] = (),
+    exclusive: bool = False,
+) -> dict:
+    """Write ``annotations.json`` (the done ``images``, in this order, ids from 1) and ``run.json``.
+
+    ``problems`` (files the listing could not take) are reported with the failures. With
+    ``exclusive`` (the caller holds the folder exclusively), records of images no longer listed and
+    temp files of killed writers are removed. Returns the summary that ``run.json`` holds.
+    """
+    info = {**info, "precision": folder.claimed_precision()}
+    per_category: Counter[int] = Counter()
+    failures, missing = [dict(p) for p in problems], []
+    with CocoWriter(folder.annotations_path, info, categories(vocabulary)) as coco:
+        for image in images:
+            header = folder.read_header(image.name)
+            state = folder.state(image, header)
+            if state == DONE:
+                coco.add_image(image.name, header["width"], header["height"], folder.annotation_lines(image.name))
+                per_category.update({int(k): v for k, v in header["per_category"].items()})
+            elif state == FAILED:
+                failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})
+            else:
+                missing.append(image.name)
+    removed = 0
+    if exclusive:
+        listed = {image.name for image in images}
+        for name in [n for n in folder.recorded_names() if n not in listed]:
+            folder.remove(name)
+            removed += 1
+        folder.remove_temp_files()
+    names = {c["id"]: c["name"] for c in categories(vocabulary)}
+    summary = {
+        "info": info,
+        "images_listed": len(images),
+        "images_labeled": coco.images,
+        "annotations": coco.annotations,
+        "annotations_per_class": {name: per_category.get(cid, 0) for cid, name in names.items()},
+        "failures": sorted(failures, key=lambda f: f["file"]),
+        "missing": missing,
+        "removed_records_of_deleted_images": removed,
+        **(extra or {}),
+    }
+    write_json(folder.summary_path, summary, indent=2)
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    """The end-of-run table: images, annotations per class, failures."""
+    lines = [
+        f"images labeled  {summary['images_labeled']} of {summary['images_listed']}",
+        f"annotations     {summary['annotations']}",
+        f"failures        {len(summary['failures'])}",
+    ]
+    if summary.get("images_per_second"):
+        lines.append(f"images/s        {summary['images_per_second']:.2f}")
+    lines.append("")
+    lines.append(f"{'class':<30} {'annotations':>11}")
+    for name, count in summary["annotations_per_class"].items():
+        lines.append(f"{name:<30} {count:>11}")
+    for failure in summary["failures"]:
+        lines.append(f"failed: {failure['file']}: {failure['error']}")
+    return "\n".join(lines)

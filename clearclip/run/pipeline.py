@@ -1,0 +1,235 @@
+"""Labeling images into a run folder: decode, segment, and finish each image (label map and record).
+
+Which images need work is decided per image (see ``RunFolder.state``): a call labels new, changed,
+failed and unfinished images and nothing else, and loads the model only when there is something to do.
+The stages overlap: DataLoader workers decode, the model queues one batch while the previous batch's
+maps come back from the device, and finishing processes write label maps and records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import EnvironmentFailure
+from ..io.images import ImageFile, ImageLoadError, load_image
+from .finish import Finishers
+from .folder import DONE, RunFolder, is_disk_full
+from .job import LabelConfig
+
+if TYPE_CHECKING:
+    from ..inference.segmentation import PreparedImage
+
+FAILURES_LOGGED = 20  # failures reported one by one per call; the rest are counted (run.json lists them all)
+
+
+@dataclass
+class LabelStats:
+    """What one call of ``label_images`` did."""
+
+    labeled: int = 0
+    skipped: int = 0  # already done by an earlier run
+    failures: dict[str, str] = field(default_factory=dict)  # file -> reason
+    seconds: float = 0.0
+    batch_size: int = 0  # images per forward pass at the end (smaller after CUDA out-of-memory)
+    bytes_written: int = 0
+    model_seconds: float = 0.0  # loading the model, when this call loaded it
+
+    def record(self) -> dict:
+        """The counts a run's summary and a shard's record keep."""
+        return {"labeled": self.labeled, "skipped_as_done": self.skipped, "failed": len(self.failures),
+                "batch_size": self.batch_size}
+
+
+def stat_images(root: str | Path, names: Sequence[str]) -> list[ImageFile]:
+    """ImageFiles for names relative to ``root``; a missing file gets size -1, so it is never done."""
+    images = []
+    for name in names:
+        try:
+            info = os.stat(Path(root) / name)
+            images.append(ImageFile(name, info.st_size, info.st_mtime_ns))
+        except OSError:
+            images.append(ImageFile(name, -1, -1))
+    return images
+
+
+def _start_decode_worker(_: int) -> None:
+    """DataLoader workers decode with one thread and leave Ctrl-C to the main process, which reports it."""
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+class ImageFolder:
+    """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None)``."""
+
+    def __init__(self, root: Path, images: Sequence[ImageFile], max_pixels: int) -> None:
+        self.root, self.images, self.max_pixels = root, list(images), max_pixels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None]:
+        name = self.images[index].name
+        path = self.root / name
+        try:
+            info = os.stat(path)
+            image = ImageFile(name, info.st_size, info.st_mtime_ns)
+            array = load_image(path, self.max_pixels)
+        except FileNotFoundError:
+            return self.images[index], None, "file not found (deleted while the run was going)"
+        except ImageLoadError as error:
+            return image, None, error.reason
+        from ..inference.segmentation import prepare_image
+
+        return image, prepare_image(array), None
+
+
+class _Segmenter:
+    """``segment_categories`` with the CUDA out-of-memory fallback: halve the images per pass, then the windows.
+    The smaller sizes hold for this call only: a model shared by later calls keeps its own."""
+
+    def __init__(self, cc, config: LabelConfig, log: Callable[[str], None]) -> None:
+        self.cc, self.config, self.log = cc, config, log
+        self.chunk = config.batch_size
+        self.windows = cc.window_batch_size
+        self.pixel_thresholds = config.region_filter.pixel_thresholds(config.vocabulary.names)
+
+    def __call__(self, prepared: list) -> list:
+        """BatchResults covering ``prepared`` in order (one per pass), their copies to the host started."""
+        import torch
+
+        results = []
+        start = 0
+        while start < len(prepared):
+            chunk = prepared[start : start + self.chunk]
+            try:
+                results.append(self.cc.segment_categories(chunk, self.config.vocabulary, self.config.settings,
+                                                          self.pixel_thresholds, self.windows))
+                start += len(chunk)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if self.chunk > 1:
+                    self.chunk //= 2
+                    self.log(f"CUDA out of memory; retrying with {self.chunk} image(s) per pass")
+                elif self.windows > 1:
+                    self.windows //= 2
+                    self.log(f"CUDA out of memory; retrying with {self.windows} window(s) per pass")
+                else:
+                    raise EnvironmentFailure("CUDA out of memory with one window per pass; use a smaller --crop, "
+                                             "a GPU with more memory, or --device cpu") from None
+        return results
+
+
+def _disk_full(folder: RunFolder, stats: LabelStats, left: int, error: OSError) -> EnvironmentFailure:
+    per_image = stats.bytes_written / stats.labeled if stats.labeled else 0
+    need = f"about {per_image * left / 1e6:.0f} MB more for the {left} images left" if per_image else "more space"
+    return EnvironmentFailure(f"no space left on the device of {folder.root} (writing {error.filename or 'a result'}): "
+                              f"{need}; free space and rerun the same command to resume")
+
+
+def label_images(
+    model,
+    root: str | Path,
+    images: Sequence[ImageFile],
+    folder: RunFolder,
+    config: LabelConfig,
+    progress: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = lambda message: print(f"clearclip: {message}", file=sys.stderr),
+) -> LabelStats:
+    """Label the ``images`` (relative to ``root``) that are not done in ``folder``; failed ones are retried.
+
+    ``model`` is a ClearCLIP or a function that loads one (called only if there is work).
+    ``on_progress(n)`` is called with the number of images finished (labeled or failed) so far.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    root = Path(root)
+    start = time.perf_counter()
+    todo = [image for image in images if folder.state(image) != DONE]
+    stats = LabelStats(skipped=len(images) - len(todo), batch_size=config.batch_size)
+    if not todo:
+        return stats
+    if not hasattr(model, "segment_prepared"):
+        loading = time.perf_counter()
+        model = model()
+        stats.model_seconds = time.perf_counter() - loading
+    cc = model
+    folder.claim_precision(cc.precision)
+    if cc.device.type == "cpu":
+        torch.set_num_threads(config.model_threads())
+    segment = _Segmenter(cc, config, log)
+    workers = config.workers()
+    loader = DataLoader(
+        ImageFolder(root, todo, config.max_pixels), batch_size=config.batch_size, num_workers=workers,
+        collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 if workers else None,
+        worker_init_fn=_start_decode_worker if workers else None,
+    )
+    bar = tqdm(total=len(todo), unit="img", desc="labeling", disable=not progress, dynamic_ncols=True)
+    pending: list[Future] = []
+
+    def finished() -> None:
+        bar.update(1)
+        if on_progress:
+            on_progress(stats.labeled + len(stats.failures))
+
+    def collect(future: Future) -> None:
+        stats.bytes_written += future.result()
+        stats.labeled += 1
+        finished()
+
+    def hand_over(batch: tuple[list[ImageFile], list], finishers: Finishers) -> None:
+        """Wait for a batch's maps to reach the host and give each image to a finisher."""
+        batch_images, results = batch
+        maps = [pair for result in results for pair in result.maps()]
+        for image, (categories, scores) in zip(batch_images, maps):
+            pending.append(finishers.submit(image, categories, scores))
+
+    try:
+        with Finishers(folder, config.vocabulary, config.region_filter, cc.precision,
+                       config.finisher_count(workers)) as finishers:
+            previous = None
+            for batch in loader:
+                ready = []
+                for image, prepared, error in batch:
+                    if error is None:
+                        ready.append((image, prepared))
+                        continue
+                    attempts = folder.write_failure(image, error)
+                    stats.failures[image.name] = error
+                    if len(stats.failures) <= FAILURES_LOGGED:
+                        log(f"skipped {root / image.name}: {error}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+                    finished()
+                current = ([image for image, _ in ready], segment([p for _, p in ready])) if ready else None
+                if previous is not None:
+                    hand_over(previous, finishers)  # while the device works on the current batch
+                previous = current
+                while len(pending) > 4 * config.batch_size:
+                    collect(pending.pop(0))
+            if previous is not None:
+                hand_over(previous, finishers)
+            while pending:
+                collect(pending.pop(0))
+    except OSError as error:
+        if is_disk_full(error):
+            raise _disk_full(folder, stats, len(todo) - stats.labeled - len(stats.failures), error) from error
+        raise
+    finally:
+        bar.close()
+    if len(stats.failures) > FAILURES_LOGGED:
+        log(f"{len(stats.failures) - FAILURES_LOGGED} more files could not be labeled; run.json lists every failure")
+    stats.batch_size = segment.chunk
+    stats.seconds = time.perf_counter() - start
+    return stats
+
