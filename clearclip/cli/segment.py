@@ -28,16 +28,16 @@ def add_parser(subparsers) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from ..inference.predictor import class_pixel_shares
-    from ..io.images import ImageLoadError, load_image
-    from ..io.label_png import save_label_png
-    from ..io.pictures import save_overlay
-
     job = job_from_args(args)
     config = job.label_config()
     missing = [str(p) for p in args.images if not p.is_file()]
     if len(missing) == len(args.images):
         raise ClearCLIPError(f"no such image file: {', '.join(missing)}")
+    from ..inference.predictor import class_pixel_shares
+    from ..io.images import ImageLoadError, load_image
+    from ..io.label_png import save_label_png
+    from ..io.pictures import save_overlay
+
     cc = job.load_model()
     names = output_names(args.images)
     failures = 0

@@ -252,8 +252,9 @@ class RunFolder:
 
     def remove(self, name: str) -> None:
         """Forget an image: its record and its label map."""
-        self.inside(self.record_path(name)).unlink(missing_ok=True)
-        self.inside(self.label_path(name)).unlink(missing_ok=True)
+        record, label = self.inside(self.record_path(name)), self.inside(self.label_path(name))  # both, then delete
+        record.unlink(missing_ok=True)
+        label.unlink(missing_ok=True)
 
     def recorded_names(self) -> Iterator[str]:
         """Names of every image that has a record (any state), in no particular order."""

@@ -113,8 +113,9 @@ def pretrained_check(value):
 def _one_placeholder(template) -> bool:
     """Whether a template holds exactly one plain ``{}`` (and no other field) for the class name."""
     try:
-        fields_ = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        return fields_ == [""] and bool(template.format("x"))
+        fields_ = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                   if name is not None]
+        return fields_ == [("", "", None)]
     except (ValueError, IndexError, KeyError):
         return False
 

@@ -151,16 +151,16 @@ def label_images(
     ``model`` is a ClearCLIP or a function that loads one (called only if there is work).
     ``on_progress(n)`` is called with the number of images finished (labeled or failed) so far.
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
     root = Path(root)
     start = time.perf_counter()
     todo = [image for image in images if folder.state(image) != DONE]
     stats = LabelStats(skipped=len(images) - len(todo), batch_size=config.batch_size)
     if not todo:
         return stats
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
     if not hasattr(model, "segment_prepared"):
         loading = time.perf_counter()
         model = model()

@@ -15,6 +15,8 @@ from clearclip.cli import main
 from folders import write_plain_folder
 from prefect_stack import ServeStack
 
+pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
+
 CLASSES = ["background", "sky", "grass, lawn", "road"]
 SETTINGS = {"short_side": 96, "crop": 32, "stride": 16, "min_area": 2, "batch_size": 1, "workers": 0}
 

@@ -102,6 +102,14 @@ def test_pretrained_none_means_random_weights_from_the_cli_the_flow_and_the_api(
         assert job_from_args(args, ["cat"]).pretrained is None
 
 
+def exit_code(argv) -> int:
+    """What ``clearclip ARGV`` exits with, in-process (usage errors exit through argparse)."""
+    try:
+        return main(argv)
+    except SystemExit as done:
+        return done.code
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -119,13 +127,23 @@ def test_pretrained_none_means_random_weights_from_the_cli_the_flow_and_the_api(
         (["IMAGE", "--class", "background"], "the class list has only 'background'"),
     ],
 )
-def test_errors_are_one_line(images, args, message):
+def test_errors_are_one_line(images, args, message, capsys):
     args = [str(images[0]) if a == "IMAGE" else a for a in args]
-    result = subprocess.run([sys.executable, "-m", "clearclip", "segment", *args, "--device", "cpu"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clearclip: error:") and message in lines[0], result.stderr
+    assert exit_code(["segment", *args, "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clearclip: error:") and message in lines[0], lines
+
+
+@pytest.mark.slow
+def test_the_command_fails_on_bad_input_with_one_line_and_without_loading_torch(images):
+    """As a user runs it: ``clearclip segment img.png`` without a class never imports torch to say so."""
+    code = ("import sys; from clearclip.__main__ import run; sys.argv = ['clearclip', 'segment', sys.argv[1]]\n"
+            "try:\n    run()\nexcept SystemExit as done:\n"
+            "    assert 'torch' not in sys.modules, 'torch was imported'\n    raise")
+    result = subprocess.run([sys.executable, "-c", code, str(images[0])], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "clearclip: error: no classes given; pass --classes-file FILE or --class NAME " \
+                                    "(repeatable)"
 
 
 def test_empty_class_file_is_an_error(images, tmp_path, capsys):

@@ -2,6 +2,7 @@
 an uninterrupted run. The kill comes from the tests' kill_after runner (after N images are committed),
 so the moment is deterministic."""
 
+import pytest
 import json
 import os
 import signal
@@ -14,8 +15,10 @@ import psutil
 
 from folders import write_plain_folder
 
+pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
 
-KILL_AFTER = Path(__file__).resolve().parent / "kill_after.py"
+
+KILL_AFTER = Path(__file__).resolve().parents[1] / "kill_after.py"
 
 
 def label_command(root, out, model, kill_after=None):

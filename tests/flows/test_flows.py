@@ -15,7 +15,9 @@ from clearclip.run.job import LabelJob
 from clearclip.run.folder import RunFolder, manifest_key
 from folders import smooth_image, write_plain_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
+
+ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["background", "sky", "grass, lawn", "road"]
 SMALL = {"short_side": 40, "crop": 32, "stride": 16, "min_area": 2, "min_area_fraction": 0.0}
 SMALL_ARGS = ["--short-side", "40", "--crop", "32", "--stride", "16", "--min-area", "2", "--min-area-fraction", "0"]
@@ -186,3 +188,41 @@ def test_job_info_is_json_with_custom_templates(tiny_model_name):
     info = json.loads(json.dumps(job.info()))
     assert info["settings"]["templates"] == ["a {}.", "{}!"]
     assert LabelJob(["sky"], model=tiny_model_name).info()["settings"]["templates"] == "openai_imagenet_80"
+
+
+def test_a_class_file_edited_between_two_shards_cannot_change_their_vocabulary(prefect_harness, folder,
+                                                                                 tiny_model_name, tmp_path, monkeypatch):
+    import flows.label_dataset as label_dataset_module
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    shard = label_dataset_module.label_shard
+
+    def then_edit(*args, **kwargs):  # the shard runs as it does, then someone edits the class file
+        result = shard(*args, **kwargs)
+        classes.write_text("background\ncat\ndog\n")
+        return result
+
+    monkeypatch.setattr(label_dataset_module, "label_shard", then_edit)
+    out = tmp_path / "edited"
+    summary = label_dataset_module.label_dataset(dataset=str(folder), classes=str(classes), out=str(out),
+                                                 model=tiny_model_name, device="cpu", workers=0, shard_size=3, **SMALL)
+    assert summary["last_invocation"]["shards"] == 3 and summary["images_labeled"] == 8
+    single = tmp_path / "single"
+    assert cli_run(folder, single, tiny_model_name) == 0
+    assert (out / "annotations.json").read_bytes() == (single / "annotations.json").read_bytes()
+
+
+def test_a_shard_given_another_job_writes_nothing(prefect_harness, folder, tiny_model_name, tmp_path):
+    from clearclip import ClearCLIPError
+    from flows.label_shard import label_shard
+
+    out = tmp_path / "run"
+    flow_run(folder, out, tiny_model_name, shard_size=20)
+    manifest = next((out / "manifests").glob("*.json"))
+    for record in (out / "records").rglob("*.json"):
+        record.unlink()  # every image needs work again
+    other = LabelJob(["background", "sky", "road"], model=tiny_model_name, device="cpu", workers=0, **SMALL)
+    with pytest.raises(ClearCLIPError, match=r"differs from .*config.json \(vocabulary differ\); it wrote nothing"):
+        label_shard(other.resolved().to_dict(), str(folder), str(manifest), str(out))
+    assert not list((out / "records").rglob("*.json"))

@@ -172,6 +172,7 @@ def test_a_run_folder_keeps_one_precision(data, tmp_path, tiny_model_name, capsy
     assert "computed in fp16, and this labeler computes in fp32" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_decoding_prints_one_line(tiny_model_name, tmp_path):
     data = tmp_path / "data"
     write_plain_folder(data, 40, size=(96, 128))

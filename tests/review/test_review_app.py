@@ -17,7 +17,9 @@ from browser import CHROMIUM, Browser
 from clearclip.cli import main
 from processes import free_port, kill_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")

@@ -136,6 +136,7 @@ def test_batched_equals_one_by_one_with_mixed_sizes(cc):
         assert np.abs(a.scores - b.scores).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_compiled_matches(cc):
     compiled = ClearCLIP(cc.model, cc.tokenizer, compile=True)
     pixels = torch.randn(2, 3, 32, 48)

@@ -319,6 +319,7 @@ def test_ground_truth_label_maps(run_dir, annotations, tmp_path):
     assert f"accuracy {agree / counted:.4f}" in report and agree < counted
 
 
+@pytest.mark.slow
 def test_review_and_export_start_without_torch(run_dir, tmp_path):
     script = ("import sys\nfrom clearclip.cli import main\n"
               f"assert main(['review', {str(run_dir)!r}, '--name', 'no-torch', '--no-launch']) == 0\n"
