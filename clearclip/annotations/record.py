@@ -58,8 +58,10 @@ class Annotation:
     @classmethod
     def from_dict(cls, annotation: dict) -> "Annotation":
         """Read a COCO annotation as a run writes it (compressed RLE). Raises ValueError naming what is wrong."""
+        segmentation = annotation.get("segmentation") if isinstance(annotation, dict) else None
+        if not isinstance(segmentation, dict) or not isinstance(segmentation.get("counts"), str):
+            raise ValueError("not a clearclip annotation (segmentation is not compressed RLE)")
         try:
-            segmentation = annotation["segmentation"]
             height, width = (int(v) for v in segmentation["size"])
             counts = segmentation["counts"]
             x, y, w, h = (int(v) for v in annotation["bbox"])
@@ -68,8 +70,6 @@ class Annotation:
                          None if score is None else float(score), {"size": [height, width], "counts": counts})
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a clearclip annotation ({type(error).__name__}: {error})") from None
-        if not isinstance(counts, str):
-            raise ValueError("not a clearclip annotation (segmentation is not compressed RLE)")
         return record
 
     def mask_in_box(self) -> np.ndarray:

@@ -22,8 +22,9 @@ def add_review_parser(subparsers) -> None:
     parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>-<hash of its path>)")
     parser.add_argument("--gt", type=Path,
                         help="ground truth: a COCO JSON (polygons or RLE, iscrowd honoured; matched by file_name; adds "
-                             "ground_truth and evaluate_detections as eval) or a folder of label maps named like "
-                             "labels/ (adds evaluate_segmentations as eval_seg)")
+                             "ground_truth, and each prediction's outcome as eval, matched with pycocotools as "
+                             "eval-coco matches) or a folder of label maps named like labels/ (adds "
+                             "evaluate_segmentations as eval_seg)")
     parser.add_argument("--port", type=int, default=5151, help="App port (default: 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default: 127.0.0.1, this machine only)")
     parser.add_argument("--no-launch", action="store_true", help="load the dataset only, do not start the App")

@@ -192,8 +192,9 @@ def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], cla
 def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None = None):
     """Create or update the persistent FiftyOne dataset of a run, in batches; returns (dataset, report).
 
-    See the module docstring for what a rerun does. ``gt`` is a COCO JSON (evaluated with
-    ``evaluate_detections``, crowd regions handled as COCO does) or a folder of label maps.
+    See the module docstring for what a rerun does. ``gt`` is a COCO JSON (matched with pycocotools as
+    ``clearclip eval-coco`` matches, crowd regions included; outcomes in ``eval``) or a folder of label maps
+    (``evaluate_segmentations`` as ``eval_seg``).
     """
     import fiftyone as fo
 

@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from clearclip import ClearCLIPError, Vocabulary
 from clearclip.annotations.coco import CocoWriter
+from clearclip.annotations.record import Annotation
 from clearclip.annotations.regions import extract_regions
 from clearclip.annotations.rle import encode_rle_in_box
 from clearclip.annotations.thresholds import RegionFilter, Thresholds, load_class_thresholds
@@ -81,6 +82,18 @@ def test_regions_equal_the_full_mask_algorithm(seed, shape, block):
                             "score": score}) for category, rle, area, bbox, score in reference_regions(
                                 categories, scores, region_filter)]
     assert lines == expected  # byte for byte what json writes
+    records = extract_regions(categories, scores, VOCABULARY, region_filter)
+    assert [Annotation.from_dict(r.to_dict()) for r in records] == records
+    assert [json.loads(r.line()) for r in records] == [r.to_dict() for r in records]
+
+
+def test_a_drawn_annotation_has_no_score_and_a_bad_one_names_its_problem():
+    drawn = Annotation(1, (0, 0, 1, 1), 1, None, {"size": [2, 2], "counts": "01"})
+    assert json.loads(drawn.line()) == drawn.to_dict() and "score" not in drawn.to_dict()
+    with pytest.raises(ValueError, match="segmentation is not compressed RLE"):
+        Annotation.from_dict({**drawn.to_dict(), "segmentation": [[0, 0, 1, 0, 1, 1]]})
+    with pytest.raises(ValueError, match="not a clearclip annotation .*KeyError"):
+        Annotation.from_dict({"segmentation": drawn.rle, "category_id": 1})
 
 
 def test_semantic_mode_is_one_region_per_class():
