@@ -42,27 +42,13 @@ class Vocabulary:
         return cls(tuple(parsed), has_background)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Vocabulary":
-        """Read a class file: one class a line, blank lines and ``#`` comments skipped."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ClearCLIPError(f"cannot read class file {path}: {error.strerror or error}") from error
-        except UnicodeDecodeError as error:
-            raise ClearCLIPError(f"class file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from error
+    def from_text(cls, text: str, source: str | Path) -> "Vocabulary":
+        """Parse a class file's text: one class a line, blank lines and ``#`` comments skipped."""
         lines = [line.strip() for line in text.splitlines()]
         lines = [line for line in lines if line and not line.startswith("#")]
         if not lines:
-            raise ClearCLIPError(f"class file {path} lists no classes")
+            raise ClearCLIPError(f"class file {source} lists no classes")
         return cls.from_strings(lines)
-
-    @classmethod
-    def load(cls, classes: str | Path | Sequence[str]) -> "Vocabulary":
-        """A class-file path (``str`` or ``Path``) or a list of class strings."""
-        if isinstance(classes, (str, Path)):
-            return cls.from_file(classes)
-        return cls.from_strings(classes)
 
     @property
     def names(self) -> list[str]:

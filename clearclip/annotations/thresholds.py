@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ClearCLIPError
+from ..io.text import read_user_text
 from ..options import INSTANCE_MODES
 from ..vocabulary import Vocabulary
 
@@ -96,13 +97,42 @@ def load_class_thresholds(source: str | Path | dict, default: Thresholds,
     import yaml
 
     path = Path(source)
+    text = read_user_text(path, "class thresholds file")
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError covers JSON and UnicodeDecodeError
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        raise ClearCLIPError(f"cannot read class thresholds {path}: {reason}") from error
+        data = yaml.load(text, Loader=_yaml_loader()) if path.suffix.lower() in (".yaml", ".yml") else \
+            json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ClearCLIPError(f"cannot read class thresholds {path}: {str(error).splitlines()[0]}") from error
     return _checked_class_thresholds(data, str(path), default, vocabulary)
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """A JSON object, refusing a key given twice (the last one would silently win)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"{key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def _yaml_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """yaml's safe loader, refusing a mapping key given twice."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def _checked_class_thresholds(data, where: str, default: Thresholds, vocabulary: Vocabulary) -> dict[str, Thresholds]:

@@ -18,6 +18,7 @@ from .. import __version__
 from ..annotations.thresholds import RegionFilter, Thresholds, load_class_thresholds
 from ..errors import ClearCLIPError
 from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.text import read_user_text
 from ..io.threads import decode_workers, finisher_processes, model_threads
 from ..options import INSTANCE_MODES, PRECISIONS, REFINEMENTS, VARIANT_NAMES, SegmentSettings, get_decomposition
 from ..vocabulary import Vocabulary
@@ -233,7 +234,10 @@ class LabelJob:
     def label_config(self) -> "LabelConfig":
         """The parsed form of the job (vocabulary, settings, filters); reads the class and thresholds files
         when the job names files. Raises ClearCLIPError for bad values."""
-        vocabulary = Vocabulary.load(self.classes)
+        if isinstance(self.classes, str):
+            vocabulary = Vocabulary.from_text(read_user_text(self.classes, "class file"), self.classes)
+        else:
+            vocabulary = Vocabulary.from_strings(self.classes)
         default = Thresholds(self.pixel_threshold, self.min_score, self.min_area, self.min_area_fraction)
         per_class = load_class_thresholds(self.class_thresholds, default, vocabulary) if self.class_thresholds else {}
         settings = SegmentSettings(self.short_side, self.max_long_side, self.crop, self.stride, self.logit_scale,

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,31 @@ def test_rerunning_a_finished_run_never_imports_torch(tmp_path, tiny_model_name)
     summary = json.loads((out / "run.json").read_text())
     assert summary["last_invocation"]["labeled"] == 0 and summary["last_invocation"]["skipped_as_done"] == 3
     assert (out / "annotations.json").read_bytes() == before
+
+
+def test_a_class_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes("background\nsky\n".encode("utf-8-sig"))
+    config = LabelJob(str(classes), background_threshold=0.3).label_config()
+    assert config.vocabulary.names == ["background", "sky"] and config.vocabulary.has_background
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_class_or_thresholds_file_that_is_no_file_is_one_error(tmp_path, kind):
+    path = {"fifo": tmp_path / "fifo", "device": Path("/dev/zero"), "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    with pytest.raises(ClearCLIPError, match=f"class file {path} is not a regular file|cannot read class file {path}"):
+        LabelJob(str(path)).label_config()
+    with pytest.raises(ClearCLIPError, match=f"class thresholds file {path} is not a regular file|cannot read class"):
+        LabelJob(["sky"], class_thresholds=str(path)).label_config()
+
+
+@pytest.mark.parametrize("name,text", [("t.yaml", "sky:\n  min_area: 3\nsky:\n  min_area: 9\n"),
+                                       ("t.yaml", "sky: {min_area: 3, min_area: 9}\n"),
+                                       ("t.json", '{"sky": {"min_area": 3}, "sky": {"min_area": 9}}')])
+def test_a_key_given_twice_in_a_thresholds_file_is_refused(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ClearCLIPError, match=f"cannot read class thresholds {path}: .*'(sky|min_area)' is given twice"):
+        LabelJob(["sky"], class_thresholds=str(path)).label_config()
