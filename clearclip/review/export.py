@@ -5,6 +5,7 @@ Samples stream from the database into the COCO writer, so an export holds one sa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,29 @@ def output_path(out: str | Path, overwrite: bool = False) -> Path:
     if out.exists() and not overwrite:
         raise ClearCLIPError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     return out
+
+
+def export_root(dataset) -> Path:
+    """Where the App's operators may write: ``$CLEARCLIP_EXPORT_ROOT``, else ``<run folder>-exports`` beside the
+    dataset's run, else ``~/clearclip-exports/<dataset name>``."""
+    if os.environ.get("CLEARCLIP_EXPORT_ROOT"):
+        return Path(os.environ["CLEARCLIP_EXPORT_ROOT"])
+    run_dir = dataset.info.get("clearclip", {}).get("run_dir")
+    return Path(f"{run_dir}-exports") if run_dir else Path.home() / "clearclip-exports" / dataset.name
+
+
+def under_export_root(dataset, path: str) -> Path:
+    """``path`` (relative to ``export_root(dataset)``, or absolute inside it) as the file an operator writes, its
+    folders created; a path that leads out of the root (``..``, another absolute path, a symlink) is a
+    ClearCLIPError. The App takes requests from any page a reviewer's browser opens, so it writes only here."""
+    root = export_root(dataset)
+    target = Path(path) if Path(path).is_absolute() else root / path
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise ClearCLIPError(f"{path} is outside the export folder {root}; the App's operators write only there "
+                             "(set CLEARCLIP_EXPORT_ROOT to choose it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def export_coco(

@@ -6,7 +6,9 @@ import json
 import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
+import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionError
 
 from clearclip.review.export import export_view_coco
 from clearclip.review.model import ClearCLIPModel
@@ -57,13 +59,27 @@ def test_many_samples_are_labeled_as_a_delegated_operation(tmp_path, tiny_model_
     assert dataset.count("op_segmentation") == 24
 
 
-def test_export_the_current_view_to_coco(tmp_path, tiny_model_name):
+def test_export_the_current_view_to_coco(tmp_path, tiny_model_name, monkeypatch):
+    monkeypatch.setenv("CLEARCLIP_EXPORT_ROOT", str(tmp_path / "exports"))
     dataset = dataset_of(tmp_path / "data", 3, "plugin-export")
     foo.execute_operator(LABEL, ctx={"view": dataset.view(), "params": params(tiny_model_name)})
     view = dataset.limit(2)
-    result = foo.execute_operator(EXPORT, ctx={"view": view, "params": {"path": str(tmp_path / "op.json"),
+    result = foo.execute_operator(EXPORT, ctx={"view": view, "params": {"path": "reviewed/op.json",
                                                                         "field": "op_detections"}})
     export_view_coco(view, tmp_path / "direct.json", "op_detections")
-    exported = json.loads((tmp_path / "op.json").read_text())
+    exported = json.loads((tmp_path / "exports" / "reviewed" / "op.json").read_text())
     assert result.result["images"] == 2 and len(exported["images"]) == 2
     assert exported["annotations"] == json.loads((tmp_path / "direct.json").read_text())["annotations"]
+
+
+def test_the_export_operator_writes_nowhere_but_its_export_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARCLIP_EXPORT_ROOT", str(tmp_path / "exports"))
+    dataset = dataset_of(tmp_path / "data", 1, "plugin-export-outside")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "link").symlink_to(tmp_path)
+    for path in (str(victim), "../victim.txt", "link/victim.txt"):
+        with pytest.raises(ExecutionError, match="outside the export folder"):
+            foo.execute_operator(EXPORT, ctx={"view": dataset.view(), "params": {"path": path}})
+    assert victim.read_text() == "precious"

@@ -355,6 +355,39 @@ def test_export_to_a_bad_place_is_one_line(run_dir, tmp_path, capsys, target, me
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("file_name", ["/etc/passwd", "../../../../etc/passwd", "a/../../secret.png"])
+def test_a_file_name_that_leaves_the_dataset_never_becomes_a_sample(run_dir, tmp_path, capsys, file_name):
+    import fiftyone as fo
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    document = json.loads((run / "annotations.json").read_text())
+    document["images"][0]["file_name"] = file_name
+    (run / "annotations.json").write_text(json.dumps(document))
+    name = f"review-traversal-{abs(hash(file_name))}"
+    assert main(["review", str(run), "--no-launch", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert f"annotations.json: {file_name!r} is not a relative path" in err and len(err.strip().splitlines()) == 1
+    paths = fo.load_dataset(name).values("filepath") if fo.dataset_exists(name) else []
+    assert not [p for p in paths if "passwd" in p or "secret" in p]
+
+
+def test_export_never_replaces_a_file_unless_asked(run_dir, tmp_path, capsys):
+    load_run(run_dir, name="review-overwrite")
+    out = tmp_path / "reviewed.json"
+    out.write_text("a reviewer's earlier export")
+    assert main(["export", "review-overwrite", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists; pass --overwrite" in err and out.read_text() == "a reviewer's earlier export"
+    assert main(["export", "review-overwrite", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["images"]
+    before = (run_dir / "annotations.json").read_bytes()
+    for target in (run_dir / "annotations.json", run_dir / "new.json"):
+        assert main(["export", "review-overwrite", "--out", str(target), "--overwrite", "--tags", "reviewed"]) == 2
+        assert "is a clearclip run folder" in capsys.readouterr().err
+    assert (run_dir / "annotations.json").read_bytes() == before and not (run_dir / "new.json").exists()
+
+
 def test_images_that_left_the_run_are_tagged(tmp_path, tiny_model_name, data_dir):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)

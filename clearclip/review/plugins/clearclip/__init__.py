@@ -70,19 +70,25 @@ class ExportCOCO(foo.Operator):
         return foo.OperatorConfig(name="export_coco", label="Export the current view to COCO (clearclip)")
 
     def resolve_input(self, ctx):
+        from clearclip.review.export import export_root
+
         inputs = types.Object()
-        inputs.str("path", label="COCO JSON file", required=True)
+        inputs.str("path", label="COCO JSON file", required=True,
+                   description=f"relative to the export folder {export_root(ctx.dataset)} (the only place this "
+                               "operator writes; CLEARCLIP_EXPORT_ROOT moves it)")
         inputs.str("field", label="Detections field", default="pseudo_labels")
         return types.Property(inputs)
 
     def execute(self, ctx):
-        from clearclip.review.export import export_view_coco
+        from clearclip.review.export import export_view_coco, under_export_root
 
-        images, annotations = export_view_coco(_target(ctx), ctx.params["path"], ctx.params.get("field", "pseudo_labels"))
-        return {"images": images, "annotations": annotations}
+        path = under_export_root(ctx.dataset, ctx.params["path"])
+        images, annotations = export_view_coco(_target(ctx), path, ctx.params.get("field", "pseudo_labels"))
+        return {"images": images, "annotations": annotations, "path": str(path)}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.str("path", label="Written to")
         outputs.int("images", label="Images")
         outputs.int("annotations", label="Annotations")
         return types.Property(outputs)
