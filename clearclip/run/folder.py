@@ -183,21 +183,40 @@ class RunFolder:
             removed += 1
         return removed
 
-    def claim_precision(self, precision: str) -> None:
-        """Record the precision of the first labeler; refuse a labeler that would compute in another one."""
-        create_text(self.root / "precision.json", json.dumps({"precision": precision}))
-        claimed = self.claimed_precision()
-        if claimed != precision:
+    def claim_precision(self, precision: str, threads: int | None = None) -> None:
+        """Record how the first labeler computes: its precision and, on the CPU, its intra-op threads (they change
+        the order of sums, so the last bits of scores and, at region edges, areas). Refuse a labeler that would
+        compute otherwise, so one folder never mixes results. An unreadable record counts as none."""
+        wanted = {"precision": precision, **({"threads": threads} if threads else {})}
+        path = self.inside(self.root / "precision.json")
+        if not create_text(path, json.dumps(wanted)) and self._claim() is None:
+            write_json(path, wanted)
+        claimed = self._claim() or wanted
+        if claimed["precision"] != precision:
             raise ClearCLIPError(
-                f"{self.root} holds results computed in {claimed}, and this labeler computes in {precision}; pass "
-                f"--precision {claimed} (or run on a machine that does), or label into a new --out"
+                f"{self.root} holds results computed in {claimed['precision']}, and this labeler computes in "
+                f"{precision}; pass --precision {claimed['precision']} (or run on a machine that does), or label "
+                "into a new --out"
+            )
+        if threads and claimed.get("threads", threads) != threads:
+            raise ClearCLIPError(
+                f"{self.root} holds results computed with {claimed['threads']} CPU threads, and this labeler uses "
+                f"{threads} (the results would differ in their last digits); pass --threads {claimed['threads']}, "
+                "or label into a new --out"
             )
 
     def claimed_precision(self) -> str | None:
-        try:
-            return json.loads((self.root / "precision.json").read_text(encoding="utf-8"))["precision"]
-        except (OSError, ValueError, KeyError, TypeError):
+        """The precision the run's results were computed in, None when none is recorded."""
+        claim = self._claim()
+        return claim["precision"] if claim else None
+
+    def _claim(self) -> dict | None:
+        claim = self.read_json(self.root / "precision.json")
+        if not isinstance(claim, dict) or not isinstance(claim.get("precision"), str):
             return None
+        if not isinstance(claim.get("threads", 1), int) or isinstance(claim.get("threads"), bool):
+            return None
+        return claim
 
     # ------------------------------------------------------------------------------------------ records
     def read_header(self, name: str) -> dict | None:

@@ -166,9 +166,11 @@ def label_images(
         model = model()
         stats.model_seconds = time.perf_counter() - loading
     cc = model
-    folder.claim_precision(cc.precision)
+    threads = None
     if cc.device.type == "cpu":
-        torch.set_num_threads(config.model_threads())
+        threads = config.model_threads()
+        torch.set_num_threads(threads)
+    folder.claim_precision(cc.precision, threads)
     segment = _Segmenter(cc, config, log)
     workers = config.workers()
     loader = DataLoader(

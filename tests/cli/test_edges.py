@@ -172,6 +172,29 @@ def test_a_run_folder_keeps_one_precision(data, tmp_path, tiny_model_name, capsy
     assert "computed in fp16, and this labeler computes in fp32" in capsys.readouterr().err
 
 
+def test_a_run_folder_keeps_one_cpu_thread_count(data, tmp_path, tiny_model_name, capsys):
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    assert main(label_args(data, out, tiny_model_name, "--threads", "1")) == 0
+    assert json.loads((out / "precision.json").read_text()) == {"precision": "fp32", "threads": 1}
+    (out / "labels" / "a" / "img_000.png").unlink()
+    capsys.readouterr()
+    assert main(label_args(data, out, tiny_model_name, "--threads", "2")) == 2
+    err = capsys.readouterr().err
+    assert "computed with 1 CPU threads, and this labeler uses 2" in err and "pass --threads 1" in err
+    assert main(label_args(data, out, tiny_model_name, "--threads", "1")) == 0
+    assert main(label_args(data, fresh, tiny_model_name, "--threads", "1")) == 0
+    assert (out / "annotations.json").read_bytes() == (fresh / "annotations.json").read_bytes()
+
+
+@pytest.mark.parametrize("garbage", ["", "not json", '{"precision": 5}', '["fp32"]'])
+def test_an_unreadable_precision_record_counts_as_none(data, tmp_path, tiny_model_name, garbage):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precision.json").write_text(garbage)
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert json.loads((out / "annotations.json").read_text())["info"]["precision"] == "fp32"
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_decoding_prints_one_line(tiny_model_name, tmp_path):
     data = tmp_path / "data"
