@@ -46,7 +46,8 @@ def _pred_vocabulary(args, benchmark):
     from ..run.folder import RunFolder
     from ..vocabulary import Vocabulary
 
-    run = RunFolder(args.pred.parent) if args.pred.name == "labels" else None
+    run = RunFolder(args.pred.parent)
+    run = run if run.labels_dir.name == args.pred.name else None
     config = run.read_config() if run is not None else None
     ids = args.pred_ids if args.pred_ids != "auto" else ("category" if config else "class")
     if benchmark is not None:

@@ -9,13 +9,13 @@ from pathlib import Path
 from ..annotations.rle import encode_rle_in_box
 from ..errors import ClearCLIPError
 from ..run.folder import label_map_name
-from .fields import BATCH, PRED_FIELD, SEGMENTATION_FIELD, batched, detection_mask
+from .fields import BATCH, FILE_NAME_FIELD, GROUND_TRUTH_FIELD, PRED_FIELD, SEGMENTATION_FIELD, batched, detection_mask
 
 def load_ground_truth(dataset, gt_path: Path) -> str:
     """Add ground truth and evaluate; returns the evaluation summary."""
     if gt_path.is_dir():
         values = {}
-        for sample_id, file_name in zip(*dataset.values(["id", "file_name"])):
+        for sample_id, file_name in zip(*dataset.values(["id", FILE_NAME_FIELD])):
             mask = gt_path / label_map_name(file_name)
             values[sample_id] = _segmentation(str(mask.resolve()))
         dataset.set_values("ground_truth_segmentation", values, key_field="id")
@@ -35,7 +35,7 @@ def load_ground_truth(dataset, gt_path: Path) -> str:
     by_file = {image["file_name"]: image for image in images.values()}
     annotations = annotations or {}
     matched = 0
-    for batch in batched(zip(*dataset.values(["id", "file_name", "metadata.width", "metadata.height"])), BATCH):
+    for batch in batched(zip(*dataset.values(["id", FILE_NAME_FIELD, "metadata.width", "metadata.height"])), BATCH):
         values = {}
         for sample_id, file_name, width, height in batch:
             image = by_file.get(file_name)
@@ -44,7 +44,7 @@ def load_ground_truth(dataset, gt_path: Path) -> str:
             detections = [o.to_detection((width, height), classes_map, supercategories, load_segmentation=True,
                                          include_id=True) for o in objects]
             values[sample_id] = _detections(detections)
-        dataset.set_values("ground_truth", values, key_field="id")
+        dataset.set_values(GROUND_TRUTH_FIELD, values, key_field="id")
     return _evaluate_coco(dataset, gt_path, {i["file_name"]: i["id"] for i in images.values()}, matched)
 
 
@@ -57,9 +57,9 @@ def _evaluate_coco(dataset, gt_path: Path, gt_image_ids: dict[str, int], matched
     gt = load_coco_ground_truth(gt_path)
     category_ids = {c["name"]: c["id"] for c in gt.dataset["categories"]}
     results, owners = [], []
-    view = dataset.select_fields([PRED_FIELD, "file_name", "metadata"])
+    view = dataset.select_fields([PRED_FIELD, FILE_NAME_FIELD, "metadata"])
     for sample in view.iter_samples():
-        image_id = gt_image_ids.get(sample.file_name)
+        image_id = gt_image_ids.get(sample[FILE_NAME_FIELD])
         width, height = sample.metadata.width, sample.metadata.height
         for index, detection in enumerate(sample[PRED_FIELD].detections if sample[PRED_FIELD] else []):
             if image_id is None or detection.label not in category_ids:
@@ -71,12 +71,13 @@ def _evaluate_coco(dataset, gt_path: Path, gt_image_ids: dict[str, int], matched
             owners.append((sample.id, index))
     evaluation = coco_evaluate(gt, results)
     outcome = {owner: result for owner, result in zip(owners, evaluation.detections)}
-    for sample in dataset.select_fields([PRED_FIELD, "ground_truth"]).iter_samples(autosave=True):
+    for sample in dataset.select_fields([PRED_FIELD, GROUND_TRUTH_FIELD]).iter_samples(autosave=True):
         counts = Counter()
         for index, detection in enumerate(sample[PRED_FIELD].detections if sample[PRED_FIELD] else []):
             detection["eval"] = outcome.get((sample.id, index), "unmatched class or image")
             counts[detection["eval"]] += 1
-        for detection in sample.ground_truth.detections if sample.ground_truth else []:
+        truth = sample[GROUND_TRUTH_FIELD]
+        for detection in truth.detections if truth else []:
             detection["eval"] = evaluation.ground_truth.get(detection["coco_id"], "fn")
             counts[detection["eval"] + "_gt"] += 1
         sample["eval_tp"], sample["eval_fp"], sample["eval_fn"] = counts["tp"], counts["fp"], counts["fn_gt"]

@@ -99,12 +99,16 @@ class RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / RUN_MARKER).touch()
 
+    @property
+    def labels_dir(self) -> Path:
+        return self.root / "labels"
+
     def record_path(self, name: str) -> Path:
         return self.root / "records" / f"{name}.json"
 
     def label_path(self, name: str) -> Path:
         """``labels/<relative path without extension>.png``."""
-        return self.root / "labels" / label_map_name(name)
+        return self.labels_dir / label_map_name(name)
 
     def manifest_path(self, key: str) -> Path:
         return self.root / "manifests" / f"{key}.json"

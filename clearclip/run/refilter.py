@@ -91,7 +91,7 @@ def refilter_run(source_dir: str | Path, out_dir: str | Path, class_thresholds: 
             for index in classes[np.asarray(kept, bool)].tolist():
                 kept_per_class[names[index]] += 1
             coco.add_image(image["file_name"], image["width"], image["height"], lines)
-    _link_labels(source.root / "labels", out.root / "labels")
+    _link_labels(source.labels_dir, out.labels_dir)
     result = {**{k: summary[k] for k in ("dataset", "images_listed", "failures", "missing") if k in summary},
               "info": new_info, "images_labeled": coco.images, "annotations": coco.annotations,
               "annotations_per_class": kept_per_class, "refiltered_from": str(source.root.resolve())}
