@@ -72,6 +72,19 @@ class Annotation:
             raise ValueError(f"not a clearclip annotation ({type(error).__name__}: {error})") from None
         return record
 
+    def check(self, width: int, height: int, category_ids: set[int]) -> None:
+        """Raise ValueError unless the annotation fits a ``width`` x ``height`` image with these categories: a
+        known category, an RLE of the image's size, a box and area inside it, a finite score in [0, 1]."""
+        x, y, w, h = self.bbox
+        if self.category_id not in category_ids:
+            raise ValueError(f"unknown category id {self.category_id}")
+        if self.image_size != (height, width):
+            raise ValueError(f"its mask is {self.image_size[1]}x{self.image_size[0]}, the image {width}x{height}")
+        if min(x, y) < 0 or w < 1 or h < 1 or x + w > width or y + h > height or not 0 < self.area <= w * h:
+            raise ValueError(f"box {list(self.bbox)} or area {self.area} does not fit the image")
+        if self.score is not None and not (math.isfinite(self.score) and 0 <= self.score <= 1):
+            raise ValueError(f"score {self.score} is not in [0, 1]")
+
     def mask_in_box(self) -> np.ndarray:
         """The boolean mask inside the box (the way FiftyOne stores instance masks)."""
         from pycocotools import mask as mask_utils

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..annotations.record import Annotation
 from ..errors import ClearCLIPError, EnvironmentFailure
 from ..io.atomic import TEMP_SUFFIX, create_text, write_json, write_text
 from ..io.images import ImageFile
@@ -224,32 +225,43 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------ records
     def read_header(self, name: str) -> dict | None:
-        """The header line of an image's record, or None when there is no readable one."""
+        """The header line of an image's record, or None when there is no readable, well-formed one."""
         try:
             with open(self.record_path(name), "rb") as f:
                 header = json.loads(f.readline(HEADER_LIMIT))
         except (OSError, ValueError):
             return None
-        if not isinstance(header, dict) or header.get("status") not in (DONE, FAILED) or header.get("file") != name:
-            return None
-        return header
+        return header if _well_formed(header, name) else None
 
     def state(self, image: ImageFile, header: dict | None = None) -> str:
-        """DONE, FAILED (retried by every run) or TODO (no record, a stale one, or no label map)."""
+        """DONE, FAILED (retried by every run) or TODO (no record, a stale or malformed one, or no label map of
+        the image's size). Costs a stat and two short reads."""
         header = header if header is not None else self.read_header(image.name)
         if header is None or header.get("size") != image.size or header.get("mtime_ns") != image.mtime_ns:
             return TODO
         if header["status"] == FAILED:
             return FAILED
-        return DONE if self.label_path(image.name).exists() else TODO
+        return DONE if png_size(self.label_path(image.name)) == (header["width"], header["height"]) else TODO
 
-    def annotation_lines(self, name: str) -> Iterator[str]:
-        """The stored annotations of a done image, one JSON object a line, without ``id`` and ``image_id``."""
-        with open(self.record_path(name), encoding="utf-8") as f:
+    def verified_lines(self, name: str, header: dict, category_ids: set[int]) -> list[str]:
+        """The stored annotations of a done image (one JSON object a line, without ``id`` and ``image_id``), each
+        parsed and checked against the image (known category, RLE of the image's size, box and area inside it,
+        score in [0, 1]) and the header's counts. Raises ValueError saying what is wrong."""
+        width, height = header["width"], header["height"]
+        with open(self.record_path(name), "rb") as f:
             f.readline()
-            for line in f:
-                if line.strip():
-                    yield line.rstrip("\n")
+            lines = [line.decode("utf-8").rstrip("\n") for line in f if line.strip()]
+        counts: dict[str, int] = {}
+        for number, line in enumerate(lines, start=2):
+            try:
+                annotation = Annotation.from_dict(json.loads(line))
+                annotation.check(width, height, category_ids)
+            except ValueError as error:
+                raise ValueError(f"line {number}: {error}") from None
+            counts[str(annotation.category_id)] = counts.get(str(annotation.category_id), 0) + 1
+        if counts != {k: v for k, v in header["per_category"].items() if v}:
+            raise ValueError(f"its header counts {header['per_category']} annotations, its lines {counts}")
+        return lines
 
     def write_record(self, image: ImageFile, width: int, height: int, annotation_lines: list[str],
                      category_ids: list[int], precision: str) -> None:
@@ -272,6 +284,10 @@ class RunFolder:
                   "error": error, "attempts": attempts}
         write_text(self.inside(self.record_path(image.name)), json.dumps(header, ensure_ascii=False) + "\n")
         return attempts
+
+    def forget_record(self, name: str) -> None:
+        """Delete an image's record, so that the next run labels it again."""
+        self.inside(self.record_path(name)).unlink(missing_ok=True)
 
     def remove(self, name: str) -> None:
         """Forget an image: its record and its label map."""
@@ -345,6 +361,34 @@ class RunFolder:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+
+def _whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _well_formed(header, name: str) -> bool:
+    """Whether a record header is one ``write_record`` or ``write_failure`` writes for image ``name``."""
+    if not isinstance(header, dict) or header.get("file") != name or not _whole(header.get("size"), -1) \
+            or not isinstance(header.get("mtime_ns"), int):
+        return False
+    if header.get("status") == FAILED:
+        return isinstance(header.get("error"), str) and _whole(header.get("attempts"), 1)
+    counts = header.get("per_category")
+    return (header.get("status") == DONE and _whole(header.get("width"), 1) and _whole(header.get("height"), 1)
+            and isinstance(counts, dict) and all(isinstance(k, str) and _whole(v) for k, v in counts.items()))
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, None when ``path`` is no readable PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def is_disk_full(error: BaseException) -> bool:

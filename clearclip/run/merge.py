@@ -1,11 +1,14 @@
 """The merge: every finished image's record into ``annotations.json``, and the run summary ``run.json``.
 
 Streams: one image's annotations are in memory at a time, and stored annotation lines are copied with
-their ids prepended, never parsed, so the merge of a million images costs time, not memory.
+their ids prepended, so the merge of a million images costs time, not memory. Each line is parsed and
+checked first: a record that does not hold what clearclip writes is left out (with a warning naming it) and
+forgotten, so the next run labels its image again, and ``annotations.json`` is always valid COCO.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -32,6 +35,7 @@ def merge_run(
     temp files of killed writers are removed. Returns the summary that ``run.json`` holds.
     """
     info = {**info, "precision": folder.claimed_precision()}
+    known = {c["id"] for c in categories(vocabulary)}
     per_category: Counter[int] = Counter()
     failures, missing = [dict(p) for p in problems], []
     with CocoWriter(folder.annotations_path, info, categories(vocabulary)) as coco:
@@ -39,7 +43,15 @@ def merge_run(
             header = folder.read_header(image.name)
             state = folder.state(image, header)
             if state == DONE:
-                coco.add_image(image.name, header["width"], header["height"], folder.annotation_lines(image.name))
+                try:
+                    lines = folder.verified_lines(image.name, header, known)
+                except (OSError, ValueError) as error:
+                    warnings.warn(f"{folder.record_path(image.name)} is not a record clearclip wrote ({error}); the "
+                                  "image is left out and labeled again by the next run", stacklevel=2)
+                    folder.forget_record(image.name)
+                    missing.append(image.name)
+                    continue
+                coco.add_image(image.name, header["width"], header["height"], lines)
                 per_category.update({int(k): v for k, v in header["per_category"].items()})
             elif state == FAILED:
                 failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})

@@ -8,6 +8,7 @@ there is work.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,17 @@ def label_folder(model, dataset_dir: str | Path, run_dir: str | Path, config, in
     from .pipeline import label_images, stat_images
 
     folder = RunFolder(run_dir)
+    model = model if hasattr(model, "segment_prepared") else functools.cache(model)  # loaded once, if at all
     with folder.lock(exclusive=True):
-        plan = plan_run(dataset_dir, folder, info, config.vocabulary)
-        stats = label_images(model, plan.dataset, stat_images(plan.dataset, plan.todo), folder, config,
-                             progress=progress)
-        records = [stats.record()] if plan.todo else []
-        return finish_run(plan, invocation(plan, records, stats.seconds), exclusive=True)
+        for _ in range(2):  # a record the merge refuses is forgotten: one more pass labels its image again
+            plan = plan_run(dataset_dir, folder, info, config.vocabulary)
+            stats = label_images(model, plan.dataset, stat_images(plan.dataset, plan.todo), folder, config,
+                                 progress=progress)
+            records = [stats.record()] if plan.todo else []
+            summary = finish_run(plan, invocation(plan, records, stats.seconds), exclusive=True)
+            if not summary["missing"]:
+                break
+        return summary
 
 
 def shard_slices(names: Sequence[str], size: int) -> list[list[str]]:

@@ -54,6 +54,70 @@ def test_an_unreadable_record_means_not_done(data, reference, tmp_path, tiny_mod
     assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
 
 
+def _edit_header(text, **changes):
+    header, *lines = text.split("\n")
+    values = json.loads(header)
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key)
+        else:
+            values[key] = value
+    return "\n".join([json.dumps(values), *lines])
+
+
+def _edit_first_annotation(text, **changes):
+    header, first, *lines = text.split("\n")
+    return "\n".join([header, json.dumps({**json.loads(first), **changes}), *lines])
+
+
+RECORD_DAMAGE = {  # what a record may hold that clearclip never wrote
+    "a cut annotation line": lambda text: text[: text.rindex("}", 0, len(text) - 2) - 3] + "\n",
+    "a header without per_category": lambda text: _edit_header(text, per_category=None),
+    "a width that is no number": lambda text: _edit_header(text, width="wide"),
+    "an unknown category": lambda text: _edit_first_annotation(text, category_id=999),
+    "a mask of another size": lambda text: _edit_first_annotation(
+        text, segmentation={**json.loads(text.split("\n")[1])["segmentation"], "size": [7, 7]}),
+    "a score above 1": lambda text: _edit_first_annotation(text, score=1.5),
+    "counts that differ from the lines": lambda text: _edit_header(text, per_category={"1": 999}),
+}
+
+
+@pytest.mark.parametrize("damage", list(RECORD_DAMAGE))
+def test_a_record_that_does_not_check_is_labeled_again(data, reference, tmp_path, tiny_model_name, damage, capsys):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    record = RunFolder(out).record_path("a/img_000.png")
+    assert len(record.read_text().splitlines()) > 2, "the image needs annotations for this test"
+    record.write_text(RECORD_DAMAGE[damage](record.read_text()))
+    capsys.readouterr()
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    json.loads((out / "annotations.json").read_text())  # valid JSON, whatever the record held
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+    err = capsys.readouterr().err
+    if "header" not in damage and "width" not in damage:  # a header that does not check means "not done" at once
+        assert f"{record} is not a record clearclip wrote" in err
+
+
+def test_a_record_body_that_is_not_utf8_is_labeled_again(data, reference, tmp_path, tiny_model_name):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    record = RunFolder(out).record_path("a/img_000.png")
+    record.write_bytes(record.read_bytes().split(b"\n")[0] + b"\n\xff\xfe{not utf-8}\n")
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x07\x00\x00\x00\x07"])
+def test_a_label_map_that_is_no_png_of_the_image_size_is_made_again(data, reference, tmp_path, tiny_model_name,
+                                                                       damage):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    (out / "labels" / "b" / "img_001.png").write_bytes(damage)
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert labeled_now(out) == 1
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
 def test_a_deleted_label_map_is_made_again(data, reference, tmp_path, tiny_model_name):
     out = tmp_path / "run"
     assert main(label_args(data, out, tiny_model_name)) == 0
