@@ -103,7 +103,7 @@ assert main(["review", str(RUN), "--name", NAME, "--no-launch"]) == 0
 """,
     "export": """
 from clearclip.cli import main
-assert main(["export", NAME, "--out", str(RUN / "exported.json")]) == 0
+assert main(["export", NAME, "--out", str(RUN.parent / f"{RUN.name}-exported.json"), "--overwrite"]) == 0
 """,
 }
 

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ClearCLIPError
+from ..errors import ClearCLIPError, one_line
 from . import evaluate, label, review, segment
 
 
@@ -50,7 +50,7 @@ def _os_error_line(error: OSError) -> tuple[str, int]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"clearclip: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"clearclip: warning: {one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,11 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except ClearCLIPError as error:
-        print(f"clearclip: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"clearclip: error: {one_line(error)}", file=sys.stderr)
         return error.exit_code
     except OSError as error:
         message, code = _os_error_line(error)
-        print(f"clearclip: error: {message}", file=sys.stderr)
+        print(f"clearclip: error: {one_line(message)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("clearclip: interrupted", file=sys.stderr)

@@ -161,6 +161,8 @@ class RunFolder:
 
         Raises EnvironmentFailure at once when another process holds it the other way.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise ClearCLIPError(f"the run folder {self.root} is a file; give --out a folder (new or a run's)")
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+b") as handle:
             try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import EnvironmentFailure
+from ..errors import EnvironmentFailure, one_line
 from ..io.images import ImageFile, ImageLoadError, load_image
 from .finish import Finishers
 from .folder import DONE, RunFolder, is_disk_full
@@ -144,7 +144,7 @@ def label_images(
     config: LabelConfig,
     progress: bool = True,
     on_progress: Callable[[int], None] | None = None,
-    log: Callable[[str], None] = lambda message: print(f"clearclip: {message}", file=sys.stderr),
+    log: Callable[[str], None] = lambda message: print(f"clearclip: {one_line(message)}", file=sys.stderr),
 ) -> LabelStats:
     """Label the ``images`` (relative to ``root``) that are not done in ``folder``; failed ones are retried.
 

@@ -38,6 +38,9 @@ def plan_run(dataset: str | Path, folder: RunFolder, info: dict, vocabulary: Voc
     """List ``dataset``, prepare ``folder`` for ``info`` (refusing other settings) and decide image by image
     what needs work. Raises ClearCLIPError for a missing or empty dataset."""
     dataset = Path(dataset)
+    if dataset.is_dir() and folder.root.exists() and folder.root.resolve() == dataset.resolve():
+        raise ClearCLIPError(f"--out {folder.root} is the dataset folder itself; give a folder of its own, e.g. "
+                             f"{dataset.resolve().parent / (dataset.resolve().name + '-run')}")
     listing = scan_images(dataset, exclude=(folder.root,), marker=RUN_MARKER)
     if not listing.images:
         raise ClearCLIPError(f"no images under {dataset} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, any case)")

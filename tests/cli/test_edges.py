@@ -287,3 +287,27 @@ def test_random_weights_are_the_same_every_time():
     assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
     second = load_model("ViT-S-32", None).model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("where", ["a file", "the dataset"])
+def test_an_out_that_cannot_be_a_run_folder_is_one_line(data, tmp_path, tiny_model_name, capsys, where):
+    out = tmp_path / "out.txt" if where == "a file" else data
+    if where == "a file":
+        out.write_text("not a folder")
+    assert main(label_args(data, out, tiny_model_name)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err
+    assert ("is a file; give --out a folder" if where == "a file" else "is the dataset folder itself") in err
+    assert not (data / "annotations.json").exists()
+
+
+def test_file_names_cannot_forge_lines_or_escape_sequences(tmp_path, tiny_model_name, capsys):
+    data = tmp_path / "data"
+    write_plain_folder(data, 1, size=(40, 52))
+    (data / "evil\nclearclip: error: forged\x1b[31m.png").write_bytes(b"not an image")
+    assert main(label_args(data, tmp_path / "run", tiny_model_name)) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "forged" in err
+    assert [line for line in err.splitlines() if "forged" in line] == [
+        line for line in err.splitlines() if line.startswith("clearclip: skipped") and "\\nclearclip: error: forged"
+        in line]
