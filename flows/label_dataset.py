@@ -1,8 +1,10 @@
-"""Flow ``label-dataset``: list a folder, cut the images that need work into shards, label them, merge.
+"""Flow ``label-dataset``: ``plan_run`` (as ``clearclip label`` does), the images that need work cut into
+shards, each labeled by a ``label-shard`` run, then ``finish_run`` (the merge).
 
 Which images need work is decided per image (new, changed, failed or unfinished), so a rerun after the
-dataset grew labels exactly the new images. Each shard's file list is written once into the run folder
-(``manifests/<key>.json``, keyed by its content) and its run receives the manifest's path.
+dataset grew labels exactly the new images. Each shard's file list is written into the run folder by this
+run (``manifests/<key>.json``, keyed by its content); its run receives the manifest's path and the resolved
+job (classes and thresholds as values), which it checks against the run's ``config.json``.
 
 Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any worker of pool ``gpu``
 picks up; a shard run that ends FAILED or CRASHED (its worker died and its heartbeats stopped) is
