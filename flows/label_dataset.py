@@ -26,6 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 
+from clearclip.errors import one_line
 from clearclip.run.folder import RunFolder
 from clearclip.run.job import LabelJob
 from clearclip.run.plan import finish_run, invocation, plan_run, shard_slices
@@ -150,6 +151,11 @@ def _resume_command(parameters: dict) -> str:
     return f"prefect deployment run label-dataset/default --params '{json.dumps(parameters)}'"
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a ``|`` or a line break would end the cell or the row."""
+    return one_line(text).replace("\\", "\\\\").replace("|", "\\|")
+
+
 def summary_markdown(summary: dict) -> str:
     """The run summary as a Markdown table for the Prefect UI."""
     lines = [
@@ -165,11 +171,11 @@ def summary_markdown(summary: dict) -> str:
         "",
         "| class | annotations |",
         "|---|---|",
-        *(f"| {name} | {count} |" for name, count in summary["annotations_per_class"].items()),
+        *(f"| {_cell(name)} | {count} |" for name, count in summary["annotations_per_class"].items()),
     ]
     if summary["failures"]:
         lines += ["", "| failed file | reason |", "|---|---|"]
-        lines += [f"| {f['file']} | {f['error']} |" for f in summary["failures"]]
+        lines += [f"| {_cell(f['file'])} | {_cell(f['error'])} |" for f in summary["failures"]]
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import ClearCLIPError
 from ..run.job import MODEL
-from .options import add_job_options, job_from_args
+from ..run.job import whole
+from .options import argparse_type, add_job_options, job_from_args
 
 
 def add_miou_parser(subparsers) -> None:
@@ -25,7 +26,8 @@ def add_miou_parser(subparsers) -> None:
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS),
                         help="preset: class list, background threshold, crop/stride, reduce-zero-label, layout")
     parser.add_argument("--data-root", type=Path, help="mode 2: the dataset root as prepared for mmsegmentation")
-    parser.add_argument("--limit", type=int, default=0, help="mode 2: evaluate the first N images only (0 = all)")
+    parser.add_argument("--limit", type=argparse_type("limit", whole(0)), default=0,
+                        help="mode 2: evaluate the first N images only (0 = all)")
     parser.add_argument("--pred", type=Path, help="mode 1: folder of predicted label maps (*.png)")
     parser.add_argument("--pred-ids", choices=["auto", "class", "category"], default="auto",
                         help="mode 1: what predicted pixel values are: class (class index 0..K-1, as clearclip segment "

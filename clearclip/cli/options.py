@@ -37,7 +37,7 @@ def job_from_args(args: argparse.Namespace, classes: str | list[str] | None = No
     return LabelJob(classes if classes is not None else classes_from_args(args), **values)
 
 
-def _argparse_type(name: str, check: Callable) -> Callable:
+def argparse_type(name: str, check: Callable) -> Callable:
     def convert(text_value: str):
         try:
             return check(_parse_number(text_value) if getattr(check, "numeric", False) else text_value)
@@ -86,5 +86,5 @@ def add_job_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) ->
         else:
             choices = getattr(check, "choices", None)
             container.add_argument(flag, dest=f.name, default=default, choices=choices,
-                                   type=None if choices else _argparse_type(f.name, check),
+                                   type=None if choices else argparse_type(f.name, check),
                                    metavar=f.metadata.get("metavar"), help=help_text + shown)

@@ -116,7 +116,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
     from ..io.atomic import write_text
-    from ..review.calibrate import calibration_table, choose_thresholds, collect_evidence, plot_curves, thresholds_yaml
+    from ..review.calibrate import (
+        calibration_table,
+        check_plot_path,
+        choose_thresholds,
+        collect_evidence,
+        plot_curves,
+        thresholds_yaml,
+    )
+
+    if args.plot:
+        check_plot_path(args.plot)  # before any work: a bad suffix should not cost the calibration
 
     if not fo.dataset_exists(args.dataset):
         raise ClearCLIPError(f"no FiftyOne dataset named '{args.dataset}'; known: {', '.join(fo.list_datasets())}")

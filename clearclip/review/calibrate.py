@@ -122,8 +122,21 @@ def thresholds_yaml(calibrations: list[Calibration]) -> str:
     return yaml.safe_dump(chosen, sort_keys=True, allow_unicode=True)
 
 
+def check_plot_path(path: Path) -> None:
+    """Raise ClearCLIPError unless matplotlib can write a figure to ``path`` (by its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ClearCLIPError(f"--plot {path}: matplotlib cannot write '{path.suffix or 'no suffix'}'; use one of "
+                             f"{', '.join('.' + f for f in sorted(formats))}")
+
+
 def plot_curves(evidence: dict[str, ClassEvidence], calibrations: list[Calibration], path: Path) -> None:
-    """Precision against recall per class, the chosen point marked, as one PNG."""
+    """Precision against recall per class, the chosen point marked, as one figure (its format from the suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")

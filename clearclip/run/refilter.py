@@ -11,6 +11,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import ijson
 import numpy as np
 
 from ..annotations.coco import CocoWriter, iter_coco_images, read_coco_header
@@ -44,6 +45,36 @@ def _link_labels(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
+def _refiltered(source: RunFolder, out: RunFolder, new: RegionFilter, info: dict,
+                categories: list[dict]) -> tuple[dict, int, int]:
+    """Stream the source run's annotations through ``new`` into ``out``'s annotations.json; returns the kept
+    count per class, the images and the annotations written. Raises ClearCLIPError naming the source file when it is not a run clearclip wrote."""
+    names = [c["name"] for c in categories]
+    class_of = {c["id"]: index for index, c in enumerate(categories)}
+    kept_per_class = dict.fromkeys(names, 0)
+    path = source.annotations_path
+    try:
+        with CocoWriter(out.annotations_path, info, categories) as coco:
+            for image, annotations in iter_coco_images(path):
+                records = [Annotation.from_dict(a) for a in annotations]
+                unknown = sorted({r.category_id for r in records} - set(class_of))
+                if unknown:
+                    raise ClearCLIPError(f"{path}: {image.get('file_name')!r} has annotations of unknown category "
+                                         f"ids {unknown}; rerun clearclip label into {source.root} to rewrite it")
+                classes = np.array([class_of[r.category_id] for r in records], np.int64)
+                scores = np.array([1.0 if r.score is None else r.score for r in records], np.float64)
+                kept = new.keeps(names, classes, np.array([r.area for r in records], np.int64), scores,
+                                 image["width"] * image["height"]) if records else []
+                for index in classes[np.asarray(kept, bool)].tolist():
+                    kept_per_class[names[index]] += 1
+                coco.add_image(image["file_name"], image["width"], image["height"],
+                               [r.line() for r, keep in zip(records, kept) if keep])
+    except (ijson.JSONError, ValueError, KeyError, TypeError) as error:
+        raise ClearCLIPError(f"{path} is not valid clearclip COCO ({type(error).__name__}: {error}); rerun "
+                             f"clearclip label into {source.root} to rewrite it") from error
+    return kept_per_class, coco.images, coco.annotations
+
+
 def refilter_run(source_dir: str | Path, out_dir: str | Path, class_thresholds: str | Path | None = None,
                  min_score: float | None = None, min_area: int | None = None,
                  min_area_fraction: float | None = None) -> dict:
@@ -56,7 +87,7 @@ def refilter_run(source_dir: str | Path, out_dir: str | Path, class_thresholds: 
     summary = source.read_summary()
     try:
         info, categories = read_coco_header(source.annotations_path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ijson.JSONError) as error:
         raise ClearCLIPError(f"{source.root} is not a finished clearclip run ({error})") from error
     if out.root.resolve() == source.root.resolve():
         raise ClearCLIPError("--out must be a new folder, not the source run")
@@ -73,27 +104,23 @@ def refilter_run(source_dir: str | Path, out_dir: str | Path, class_thresholds: 
     new = RegionFilter(default, per_class, old.instances)
     _check_stricter(old, new, vocabulary)
 
-    names = [c["name"] for c in categories]
-    class_of = {c["id"]: index for index, c in enumerate(categories)}
     new_info = {**info, "thresholds": new.to_dict(),
                 "refiltered_from": {"run": str(source.root.resolve()), "thresholds": info.get("thresholds")}}
+    created = not out.root.exists()
     out.mark()
-    write_json(out.config_path, new_info, indent=2)
-    kept_per_class = dict.fromkeys(names, 0)
-    with CocoWriter(out.annotations_path, new_info, categories) as coco:
-        for image, annotations in iter_coco_images(source.annotations_path):
-            records = [Annotation.from_dict(a) for a in annotations]
-            classes = np.array([class_of[r.category_id] for r in records], np.int64)
-            scores = np.array([1.0 if r.score is None else r.score for r in records], np.float64)
-            kept = new.keeps(names, classes, np.array([r.area for r in records], np.int64), scores,
-                             image["width"] * image["height"]) if records else []
-            lines = [r.line() for r, keep in zip(records, kept) if keep]
-            for index in classes[np.asarray(kept, bool)].tolist():
-                kept_per_class[names[index]] += 1
-            coco.add_image(image["file_name"], image["width"], image["height"], lines)
+    try:
+        write_json(out.config_path, new_info, indent=2)
+        kept_per_class, images, annotations = _refiltered(source, out, new, new_info, categories)
+    except BaseException:  # nothing half-written is left: the retry finds --out as it was
+        if created:
+            shutil.rmtree(out.root)
+        else:
+            for path in out.root.iterdir():
+                path.unlink()
+        raise
     _link_labels(source.labels_dir, out.labels_dir)
     result = {**{k: summary[k] for k in ("dataset", "images_listed", "failures", "missing") if k in summary},
-              "info": new_info, "images_labeled": coco.images, "annotations": coco.annotations,
+              "info": new_info, "images_labeled": images, "annotations": annotations,
               "annotations_per_class": kept_per_class, "refiltered_from": str(source.root.resolve())}
     write_json(out.summary_path, result, indent=2)
     return result

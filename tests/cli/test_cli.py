@@ -151,3 +151,17 @@ def test_empty_class_file_is_an_error(images, tmp_path, capsys):
     empty.write_text("\n# nothing\n")
     assert main(["segment", str(images[0]), "--classes-file", str(empty)]) == 2
     assert "lists no classes" in capsys.readouterr().err
+
+
+def test_eval_miou_refuses_a_negative_limit(capsys):
+    assert exit_code(["eval-miou", "--benchmark", "voc21", "--data-root", "/nonexistent", "--limit", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--limit: must be a whole number, 0 or more (got '-1')" in err and len(err.splitlines()) == 1
+
+
+def test_calibrate_refuses_a_plot_format_before_any_work(tmp_path, capsys):
+    out = tmp_path / "thresholds.yaml"
+    assert exit_code(["calibrate", "no-such-dataset", "--out", str(out), "--plot", str(tmp_path / "pr.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--plot" in err and "cannot write '.xyz'" in err and ".png" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -226,3 +226,14 @@ def test_a_shard_given_another_job_writes_nothing(prefect_harness, folder, tiny_
     with pytest.raises(ClearCLIPError, match=r"differs from .*config.json \(vocabulary differ\); it wrote nothing"):
         label_shard(other.resolved().to_dict(), str(folder), str(manifest), str(out))
     assert not list((out / "records").rglob("*.json"))
+
+
+def test_the_summary_table_keeps_its_shape_whatever_the_names():
+    from flows.label_dataset import summary_markdown
+
+    summary = {"run_dir": "r", "images_labeled": 1, "images_listed": 2, "annotations": 3, "images_per_second": 1.0,
+               "last_invocation": {"shards": 1}, "annotations_per_class": {"cat | dog": 3},
+               "failures": [{"file": "a|b\nc.png", "error": "broken | really"}]}
+    rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("|")]
+    assert all(line.replace("\\|", "").count("|") == 3 for line in rows), rows
+    assert "| cat \\| dog | 3 |" in rows and "| a\\|b\\\\nc.png | broken \\| really |" in rows

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from clearclip import ClearCLIPError
+
 from clearclip.annotations.regions import extract_regions
 from clearclip.io.images import ImageFile
 from clearclip.run.finish import finish_maps
@@ -45,3 +47,24 @@ def test_refilter_equals_a_fresh_run_at_the_rounding_boundary(tmp_path, min_scor
     assert len(refiltered["annotations"]) == len(kept)
     stored = [a["score"] for a in refiltered["annotations"]]
     assert all(score >= min_score for score in stored)  # the rule holds on the values written
+
+
+@pytest.mark.parametrize("damage", ["cut", "unknown category"])
+def test_refilter_of_a_broken_run_is_one_error_and_leaves_no_half_written_out(tmp_path, damage):
+    categories = np.array([[1, 0, 2]], np.uint8)
+    source = one_image_run(tmp_path / "all", LabelJob(["background", "cat", "dog"], pretrained=None,
+                                                      min_area_fraction=0.0), categories,
+                           np.full(categories.shape, 0.7, np.float32))
+    text = source.annotations_path.read_text()
+    if damage == "cut":
+        source.annotations_path.write_text(text[: len(text) - 40])
+    else:
+        source.annotations_path.write_text(text.replace('"category_id": 2', '"category_id": 999'))
+    out = tmp_path / "refiltered"
+    message = "is not valid clearclip COCO" if damage == "cut" else r"unknown category ids \[999\]"
+    with pytest.raises(ClearCLIPError, match=message):
+        refilter_run(source.root, out, min_score=0.5)
+    assert not out.exists()
+    source.annotations_path.write_text(text)  # fixed: the same command works
+    refilter_run(source.root, out, min_score=0.5)
+    assert json.loads((out / "annotations.json").read_text())["annotations"]
