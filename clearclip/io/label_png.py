@@ -36,3 +36,13 @@ def save_label_png(labels: np.ndarray, path: str | Path) -> None:
     write_bytes(path, encode_label_png(labels))
 
 
+def png_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, None when ``path`` is no readable PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

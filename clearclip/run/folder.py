@@ -33,6 +33,7 @@ from ..annotations.record import Annotation
 from ..errors import ClearCLIPError, EnvironmentFailure
 from ..io.atomic import TEMP_SUFFIX, create_text, write_json, write_text
 from ..io.images import ImageFile
+from ..io.label_png import png_size
 from .paths import checked_name, contained
 
 DONE, FAILED, TODO = "done", "failed", "todo"
@@ -104,6 +105,10 @@ class RunFolder:
     def labels_dir(self) -> Path:
         return self.root / "labels"
 
+    @property
+    def manifests_dir(self) -> Path:
+        return self.root / "manifests"
+
     def record_path(self, name: str) -> Path:
         return self.root / "records" / f"{name}.json"
 
@@ -112,7 +117,7 @@ class RunFolder:
         return self.labels_dir / label_map_name(name)
 
     def manifest_path(self, key: str) -> Path:
-        return self.root / "manifests" / f"{key}.json"
+        return self.manifests_dir / f"{key}.json"
 
     def shard_marker_path(self, key: str) -> Path:
         return self.root / "shards" / f"{key}.json"
@@ -335,8 +340,8 @@ class RunFolder:
         """The names of a shard manifest of this run folder, each checked by the path gate (and the set against
         the manifest's key). Raises ClearCLIPError naming the manifest."""
         path = Path(path)
-        if path.parent.resolve() != self.manifest_path("x").parent.resolve():
-            raise ClearCLIPError(f"shard manifest {path} is not in {self.root / 'manifests'}; a shard reads only "
+        if path.parent.resolve() != self.manifests_dir.resolve():
+            raise ClearCLIPError(f"shard manifest {path} is not in {self.manifests_dir}; a shard reads only "
                                  "manifests its run wrote")
         try:
             names = json.loads(path.read_text(encoding="utf-8"))["files"]
@@ -379,18 +384,6 @@ def _well_formed(header, name: str) -> bool:
     counts = header.get("per_category")
     return (header.get("status") == DONE and _whole(header.get("width"), 1) and _whole(header.get("height"), 1)
             and isinstance(counts, dict) and all(isinstance(k, str) and _whole(v) for k, v in counts.items()))
-
-
-def png_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG's header, None when ``path`` is no readable PNG."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -35,10 +35,11 @@ def merge_run(
     temp files of killed writers are removed. Returns the summary that ``run.json`` holds.
     """
     info = {**info, "precision": folder.claimed_precision()}
-    known = {c["id"] for c in categories(vocabulary)}
+    run_categories = categories(vocabulary)
+    known = {c["id"] for c in run_categories}
     per_category: Counter[int] = Counter()
     failures, missing = [dict(p) for p in problems], []
-    with CocoWriter(folder.annotations_path, info, categories(vocabulary)) as coco:
+    with CocoWriter(folder.annotations_path, info, run_categories) as coco:
         for image in images:
             header = folder.read_header(image.name)
             state = folder.state(image, header)
@@ -64,7 +65,7 @@ def merge_run(
             folder.remove(name)
             removed += 1
         folder.remove_temp_files()
-    names = {c["id"]: c["name"] for c in categories(vocabulary)}
+    names = {c["id"]: c["name"] for c in run_categories}
     summary = {
         "info": info,
         "images_listed": len(images),
