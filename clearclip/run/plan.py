@@ -88,13 +88,16 @@ def label_folder(model, dataset_dir: str | Path, run_dir: str | Path, config, in
 
     folder = RunFolder(run_dir)
     model = model if hasattr(model, "segment_prepared") else functools.cache(model)  # loaded once, if at all
+    records, seconds, first = [], 0.0, None
     with folder.lock(exclusive=True):
         for _ in range(2):  # a record the merge refuses is forgotten: one more pass labels its image again
             plan = plan_run(dataset_dir, folder, info, config.vocabulary)
+            first = first or plan
             stats = label_images(model, plan.dataset, stat_images(plan.dataset, plan.todo), folder, config,
                                  progress=progress)
-            records = [stats.record()] if plan.todo else []
-            summary = finish_run(plan, invocation(plan, records, stats.seconds), exclusive=True)
+            records += [stats.record()] if plan.todo else []
+            seconds += stats.seconds
+            summary = finish_run(plan, invocation(first, records, seconds), exclusive=True)  # both passes counted
             if not summary["missing"]:
                 break
         return summary

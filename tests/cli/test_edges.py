@@ -98,6 +98,17 @@ def test_a_record_that_does_not_check_is_labeled_again(data, reference, tmp_path
         assert f"{record} is not a record clearclip wrote" in err
 
 
+def test_both_passes_of_a_run_count_in_its_summary(data, reference, tmp_path, tiny_model_name):
+    out = tmp_path / "run"
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    record = RunFolder(out).record_path("a/img_000.png")
+    record.write_text(RECORD_DAMAGE["an unknown category"](record.read_text()))  # found by the merge: pass 2
+    (out / "labels" / "b" / "img_001.png").unlink()  # found by the plan: pass 1
+    assert main(label_args(data, out, tiny_model_name)) == 0
+    assert labeled_now(out) == 2
+    assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
 def test_a_record_body_that_is_not_utf8_is_labeled_again(data, reference, tmp_path, tiny_model_name):
     out = tmp_path / "run"
     assert main(label_args(data, out, tiny_model_name)) == 0
