@@ -7,10 +7,12 @@ symlinks that leave the dataset, names that are not valid UTF-8.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -143,19 +145,39 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy an RGB image
 
 
+def _jpeg_scan_bytes(path: Path) -> int:
+    """Bytes of entropy-coded data: from the first scan of the main image (after the marker segments, so not
+    an EXIF thumbnail's) to its last end-of-image marker; bytes appended after that marker do not count."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 2  # after SOI
+        while position + 4 <= len(data) and data[position] == 0xFF:
+            marker = data[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            length = int.from_bytes(data[position + 2 : position + 4], "big")
+            position += 2 + length
+            if marker == 0xDA:  # start of scan
+                break
+        end = data.rfind(b"\xff\xd9", position)
+        return (end if end >= 0 else len(data)) - position
+
+
 def _check_jpeg_length(image: Image.Image, path: Path) -> None:
-    """A complete Huffman-coded JPEG spends at least one bit on every 8x8 block of luma; fewer bytes than
+    """A complete Huffman-coded JPEG spends at least one bit on every 8x8 block of luma; fewer coded bytes than
     that mean a header that promises more than the file holds (libjpeg pads such files with gray silently)."""
-    if image.format == "JPEG" and path.stat().st_size * 512 < image.width * image.height:
+    if image.format == "JPEG" and image.width * image.height > 512 * (coded := _jpeg_scan_bytes(path)):
         raise ImageLoadError(path, f"truncated: the header says {image.width}x{image.height} but the file "
-                                   f"holds only {path.stat().st_size} bytes")
+                                   f"holds only {coded} bytes of image data")
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               reserve: Callable[[int], None] | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB, EXIF orientation applied; 16-bit, gray, palette, RGBA and CMYK converted.
 
     Raises ImageLoadError naming the file for empty, truncated, non-image files and for images of
-    more than ``max_pixels`` pixels (checked from the header, before decoding).
+    more than ``max_pixels`` pixels (checked from the header, before decoding). ``reserve(pixels)`` is
+    called after those checks and before decoding (a ``PixelBudget`` turn waits there).
     """
     path = Path(path)
     try:
@@ -164,6 +186,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
                 raise ImageLoadError(path, f"{image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
                                            f"megapixels, above the limit of {max_pixels / 1e6:.0f}; raise --max-pixels to label it")
             _check_jpeg_length(image, path)
+            if reserve is not None:
+                reserve(image.width * image.height)
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)

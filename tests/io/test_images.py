@@ -85,6 +85,30 @@ def test_a_jpeg_whose_header_promises_more_than_it_holds_is_a_failure(tmp_path):
     assert load_image(tmp_path / "gray.jpg").shape == (300, 400, 3)
 
 
+def test_zeros_after_the_end_marker_do_not_hide_a_header_that_promises_more(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(64, 64, 3)[:, :, 0]).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"\xff\xc0")
+    data[start + 5 : start + 9] = struct.pack(">HH", 9000, 9000)
+    (tmp_path / "padded.jpg").write_bytes(bytes(data) + bytes(200_000))  # the file is now above the bound
+    with pytest.raises(ImageLoadError, match="truncated: the header says 9000x9000 but the file holds only"):
+        load_image(tmp_path / "padded.jpg")
+
+
+def test_a_complete_jpeg_with_a_thumbnail_and_trailing_bytes_loads(tmp_path):
+    thumbnail = io.BytesIO()
+    Image.fromarray(smooth_image(16, 16, 3)).save(thumbnail, format="JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    picture = Image.fromarray(smooth_image(300, 200, 3))
+    picture.save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    data = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "photo.jpg").write_bytes(data[:2] + b"\xff\xe1" + (len(thumbnail.getvalue()) + 8).to_bytes(2, "big")
+                                         + b"Exif\0\0" + thumbnail.getvalue() + data[2:] + bytes(1000))
+    assert load_image(tmp_path / "photo.jpg").shape == (300, 200, 3)
+
+
 def test_images_above_the_pixel_limit_are_reported_before_decoding(tmp_path):
     save(tmp_path / "big.png", size=(100, 120))
     with pytest.raises(ImageLoadError, match="120x100 is 0 megapixels, above the limit of 0; raise --max-pixels"):
