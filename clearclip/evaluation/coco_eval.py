@@ -8,31 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClearCLIPError
-
-
-def _matched_to_ground_truth(document: dict, gt: dict) -> list[dict]:
-    """Annotations of a COCO document with image ids mapped by file name and category ids by name."""
-    image_ids = {image["file_name"]: image["id"] for image in gt["images"]}
-    category_ids = {category["name"]: category["id"] for category in gt["categories"]}
-    our_images = {image["id"]: image_ids.get(image["file_name"]) for image in document.get("images", [])}
-    our_categories = {c["id"]: category_ids.get(c["name"]) for c in document.get("categories", [])}
-    results = []
-    for annotation in document["annotations"]:
-        image_id, category_id = our_images.get(annotation["image_id"]), our_categories.get(annotation["category_id"])
-        if image_id is not None and category_id is not None:
-            results.append({**annotation, "image_id": image_id, "category_id": category_id})
-    return results
+from .coco_checks import read_ground_truth, read_predictions
 
 
 def load_coco_ground_truth(path: str | Path):
-    """A pycocotools COCO index of a ground-truth file (polygons, RLE and crowd regions as COCO defines them)."""
+    """A pycocotools COCO index of a checked ground-truth file (``coco_checks.read_ground_truth``)."""
     from pycocotools.coco import COCO
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ClearCLIPError(f"cannot read ground truth {path} as COCO ({error})") from error
+    gt = COCO()
+    gt.dataset = read_ground_truth(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
 
 
 @dataclass
@@ -82,12 +69,9 @@ def coco_evaluate(gt, results: list[dict]) -> CocoEvaluation:
 
 def coco_segm_eval(predictions: str | Path, ground_truth: str | Path) -> CocoEvaluation:
     """pycocotools' segm COCOeval of a results file (or a full COCO document such as annotations.json,
-    matched to the ground truth by file name and category name)."""
-    import json
-
+    matched to the ground truth by file name and category name); both are checked first (``coco_checks``)."""
     gt = load_coco_ground_truth(ground_truth)
-    data = json.loads(Path(predictions).read_text(encoding="utf-8"))
-    results = _matched_to_ground_truth(data, gt.dataset) if isinstance(data, dict) else data
+    results = read_predictions(predictions, gt.dataset)
     if not results:
         raise ClearCLIPError(f"{predictions} has no annotations that match the ground truth's images and categories")
     return coco_evaluate(gt, results)

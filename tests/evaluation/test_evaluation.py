@@ -151,3 +151,89 @@ def test_eval_miou_names_the_file_with_out_of_range_predictions(tmp_path, capsys
     assert main(["eval-miou", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "2"]) == 2
     err = capsys.readouterr().err
     assert "x.png" in err and "predicted values [5]" in err and len(err.strip().splitlines()) == 1
+
+
+def _our_document(gt: dict) -> dict:
+    return {"images": [dict(i) for i in gt["images"]], "categories": gt["categories"],
+            "annotations": [{**a, "score": 0.9} for a in gt["annotations"]]}
+
+
+def _write(path, document) -> str:
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return str(path)
+
+
+def _gt_without_annotations(gt):
+    return {k: v for k, v in gt.items() if k != "annotations"}
+
+
+def _gt_with(gt, **changes):
+    return {**gt, "annotations": [{**gt["annotations"][0], **changes}, *gt["annotations"][1:]]}
+
+
+BAD_GROUND_TRUTH = [
+    ("a list", lambda gt: [gt], "is not a COCO document (an object with 'images' and 'categories')"),
+    ("not JSON", lambda gt: '{"images": [', "cannot read ground truth"),
+    ("a 4-number polygon", lambda gt: _gt_with(gt, segmentation=[[1, 1, 5, 5]]),
+     "annotation 1 has a polygon of 4 numbers (COCO needs x,y pairs, at least 3 points)"),
+    ("no segmentation", lambda gt: _gt_with(gt, segmentation=None), "annotation 1 has no segmentation (RLE or polygons)"),
+    ("RLE of another size", lambda gt: _gt_with(gt, segmentation={"size": [10, 10], "counts": "0"}),
+     "annotation 1 has RLE of size 10x10 on an image of 20x30"),
+    ("unknown category", lambda gt: _gt_with(gt, category_id=99), "annotation 1 names an unknown category 99"),
+    ("duplicate category names", lambda gt: {**gt, "categories": [*gt["categories"], {"id": 3, "name": "cat"}]},
+     "two categories share the name 'cat'; matching goes by name"),
+]
+
+
+@pytest.mark.parametrize("case,make,message", BAD_GROUND_TRUTH, ids=[c[0] for c in BAD_GROUND_TRUTH])
+def test_eval_coco_refuses_ground_truth_it_cannot_read_as_coco(tmp_path, capsys, case, make, message):
+    gt_path, gt = _ground_truth(tmp_path)
+    predictions = _write(tmp_path / "annotations.json", _our_document(gt))
+    bad = _write(tmp_path / "bad-gt.json", make(gt))
+    assert main(["eval-coco", predictions, "--gt", bad]) == 2
+    err = capsys.readouterr().err
+    assert "bad-gt.json" in err and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_ground_truth_without_annotations_or_areas_is_evaluated(tmp_path):
+    gt_path, gt = _ground_truth(tmp_path)
+    predictions = _write(tmp_path / "annotations.json", _our_document(gt))
+    empty = coco_segm_eval(predictions, _write(tmp_path / "empty.json", _gt_without_annotations(gt)))
+    assert empty.counts() == {"TP": 0, "FP": 4, "FN": 0, "crowd": 0}
+    bare = {**gt, "annotations": [{k: v for k, v in a.items() if k not in ("area", "iscrowd", "bbox")}
+                                  for a in gt["annotations"]]}
+    assert coco_segm_eval(predictions, _write(tmp_path / "bare.json", bare)).stats[0] == pytest.approx(1.0)
+
+
+BAD_PREDICTIONS = [
+    ("not JSON", lambda doc, gt: "[{", "cannot read predictions"),
+    ("unknown image id", lambda doc, gt: [{"image_id": 5, "category_id": 1, "segmentation": gt["annotations"][0]["segmentation"],
+                                          "score": 0.5}], "result #0 names image 5, which the ground truth does not have"),
+    ("a result without score", lambda doc, gt: [{"image_id": 1, "category_id": 1,
+                                                 "segmentation": gt["annotations"][0]["segmentation"]}],
+     "result #0 has no numeric score"),
+    ("a result without segmentation", lambda doc, gt: [{"image_id": 1, "category_id": 1, "score": 0.5, "bbox": [0, 0, 3, 3]}],
+     "result #0 (on 'im1.png') has no segmentation (RLE or polygons)"),
+    ("another image size", lambda doc, gt: {**doc, "images": [{**doc["images"][0], "width": 60, "height": 40},
+                                                              *doc["images"][1:]]},
+     "'im1.png' is 60x40 but 30x20 in the ground truth: not the same image"),
+    ("an unknown category", lambda doc, gt: {**doc, "annotations": [{**doc["annotations"][0], "category_id": 42}]},
+     "annotation #0 names an unknown category 42"),
+]
+
+
+@pytest.mark.parametrize("case,make,message", BAD_PREDICTIONS, ids=[c[0] for c in BAD_PREDICTIONS])
+def test_eval_coco_refuses_predictions_it_cannot_match(tmp_path, capsys, case, make, message):
+    gt_path, gt = _ground_truth(tmp_path)
+    bad = _write(tmp_path / "bad-pred.json", make(_our_document(gt), gt))
+    assert main(["eval-coco", bad, "--gt", str(gt_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad-pred.json" in err and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_object_a_reviewer_drew_without_a_score_counts_as_certain(tmp_path):
+    gt_path, gt = _ground_truth(tmp_path)
+    document = _our_document(gt)
+    del document["annotations"][0]["score"]
+    evaluation = coco_segm_eval(_write(tmp_path / "export.json", document), gt_path)
+    assert evaluation.counts() == {"TP": 4, "FP": 0, "FN": 0, "crowd": 0}
