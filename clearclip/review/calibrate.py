@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ClearCLIPError
-from .fields import PRED_FIELD, REJECTED_TAG, REVIEWED_TAG, RUN_FIELD
+from .fields import PRED_FIELD, REJECTED_TAG, REVIEWED_TAG, RUN_FIELD, check_detections_field
 
 MIN_REVIEWED = 20  # fewer reviewed pseudo-labels than this: a class keeps the run's threshold
 
@@ -55,6 +55,8 @@ class Calibration:
 
 def collect_evidence(dataset, reviewed_tag: str = REVIEWED_TAG, excluded_tags=(REJECTED_TAG,)) -> dict[str, ClassEvidence]:
     """Per class, the outcome of every reviewed pseudo-label and the misses."""
+    for name in (PRED_FIELD, RUN_FIELD):
+        check_detections_field(dataset, name, "calibrate reads datasets made by clearclip review")
     view = dataset.match_tags(reviewed_tag)
     if excluded_tags:
         view = view.match_tags(list(excluded_tags), bool=False)

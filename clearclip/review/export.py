@@ -12,7 +12,7 @@ from pathlib import Path
 from ..annotations.coco import CocoWriter
 from ..errors import ClearCLIPError
 from ..run.folder import RUN_MARKER
-from .fields import EXCLUDED_TAGS, FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, from_detection
+from .fields import EXCLUDED_TAGS, FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, check_detections_field, from_detection
 
 
 def output_path(out: str | Path, overwrite: bool = False) -> Path:
@@ -91,8 +91,7 @@ def export_view_coco(view, out: str | Path, field: str = PRED_FIELD, overwrite: 
     """
     out = output_path(out, overwrite)
     dataset = view._dataset
-    if not dataset.has_sample_field(field):
-        raise ClearCLIPError(f"dataset '{dataset.name}' has no field '{field}'")
+    check_detections_field(dataset, field, "--field names the Detections field to export")
     run = dataset.info.get("clearclip", {})
     categories = [dict(c) for c in run.get("categories", [])]
     category_ids = {c["name"]: c["id"] for c in categories}

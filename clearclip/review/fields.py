@@ -10,6 +10,7 @@ import numpy as np
 
 from ..annotations.record import Annotation, stored_score
 from ..annotations.rle import encode_rle_in_box
+from ..errors import ClearCLIPError
 
 PRED_FIELD = "pseudo_labels"  # what reviewers edit and export writes
 RUN_FIELD = "pseudo_labels_run"  # the run's labels as the run wrote them, read-only
@@ -33,6 +34,19 @@ def batched(iterable, size: int = BATCH):
     iterator = iter(iterable)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def check_detections_field(dataset, field: str, needed_by: str) -> None:
+    """Raise ClearCLIPError unless ``field`` of ``dataset`` holds FiftyOne Detections."""
+    import fiftyone as fo
+
+    kind = dataset.get_field(field) if dataset.has_sample_field(field) else None
+    if kind is None:
+        raise ClearCLIPError(f"dataset '{dataset.name}' has no field '{field}'; {needed_by}")
+    if getattr(kind, "document_type", None) is not fo.Detections:
+        raise ClearCLIPError(f"field '{field}' of dataset '{dataset.name}' holds {type(kind).__name__}"
+                             f"{f' of {kind.document_type.__name__}' if getattr(kind, 'document_type', None) else ''}"
+                             f", not Detections; {needed_by}")
 
 
 def to_detection(annotation: Annotation, label: str, run_index: int | None = None):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ClearCLIPError
 from .export import export_coco, tagged_view
-from .fields import EXCLUDED_TAGS, PRED_FIELD, detection_mask
+from .fields import EXCLUDED_TAGS, PRED_FIELD, check_detections_field, detection_mask
 
 FORMATS = ("coco", "yolo", "cvat", "masks")
 
@@ -75,8 +75,7 @@ def detection_polylines(detections, width: int, height: int):
 def _samples(dataset_name: str, field: str, tags, exclude_tags):
     view = tagged_view(dataset_name, tags, exclude_tags)
     dataset = view._dataset
-    if not dataset.has_sample_field(field):
-        raise ClearCLIPError(f"dataset '{dataset_name}' has no field '{field}'")
+    check_detections_field(dataset, field, "--field names the Detections field to export")
     classes = [c["name"] for c in dataset.info.get("clearclip", {}).get("categories", [])]
     extra = sorted(set(view.distinct(f"{field}.detections.label")) - set(classes))
     view.compute_metadata()

@@ -86,6 +86,14 @@ def run_detections(annotations: list[dict], classes_map: dict[int, str], source:
     return fo.Detections(detections=detections)
 
 
+def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
+    """Read every image name and annotation of the run's ``annotations.json`` once before anything is loaded,
+    so that a bad entry stops the load with a message instead of leaving the dataset half-updated."""
+    for image, annotations in iter_coco_images(path):
+        checked_name(image.get("file_name"), path)
+        run_detections(annotations, classes_map, path)
+
+
 def _sample_values(image: dict, annotations: list[dict], classes_map: dict[int, str], folder: RunFolder) -> dict:
     import fiftyone as fo
 
@@ -207,6 +215,10 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
     classes_map = {c["id"]: c["name"] for c in categories}
+    try:
+        _check_run_document(path, classes_map)
+    except ijson.JSONError as error:
+        raise _not_json(path, run_dir, error) from error
     name = name or default_dataset_name(run_dir)
     dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
     dataset.persistent = True

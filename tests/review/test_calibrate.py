@@ -73,9 +73,22 @@ def test_calibrate_command_writes_the_thresholds_file_and_the_curves(tmp_path, c
 
 
 def test_calibrate_without_reviewed_samples_says_how_to_mark_them(capsys):
-    fo.Dataset("calib-empty").add_sample(fo.Sample(filepath="/data/x.jpg"))
+    fo.Dataset("calib-empty").add_sample(fo.Sample(filepath="/data/x.jpg", pseudo_labels=fo.Detections(),
+                                                   pseudo_labels_run=fo.Detections()))
     assert main(["calibrate", "calib-empty", "--out", "/tmp/never.yaml"]) == 2
     assert "tag the samples a reviewer has checked" in capsys.readouterr().err
+
+
+def test_calibrate_on_a_dataset_clearclip_did_not_make_names_the_missing_field(capsys):
+    dataset = fo.Dataset("calib-foreign")
+    dataset.add_sample(fo.Sample(filepath="/data/x.jpg", pseudo_labels=fo.Classification(label="cat"), tags=["reviewed"]))
+    assert main(["calibrate", "calib-foreign", "--out", "/tmp/never.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'pseudo_labels' of dataset 'calib-foreign' holds EmbeddedDocumentField of Classification, not Detections" in err
+    assert len(err.strip().splitlines()) == 1
+    dataset.delete_sample_field("pseudo_labels")
+    assert main(["calibrate", "calib-foreign", "--out", "/tmp/never.yaml"]) == 2
+    assert "has no field 'pseudo_labels'; calibrate reads datasets made by clearclip review" in capsys.readouterr().err
 
 
 CLASSES = ["background", "sky", "grass", "road"]

@@ -398,3 +398,77 @@ def test_images_that_left_the_run_are_tagged(tmp_path, tiny_model_name, data_dir
     label(data, run, tiny_model_name)
     dataset, _ = load_run(run, name="review-left")
     assert dataset.match_tags(NOT_IN_RUN_TAG).values("file_name") == ["a/img_000.png"]
+
+
+def test_an_unknown_category_stops_the_load_before_anything_changes(run_dir, tmp_path, capsys):
+    import fiftyone as fo
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    name = "review-unknown-category"
+    assert main(["review", str(run), "--no-launch", "--name", name]) == 0
+    dataset = fo.load_dataset(name)
+    before = sorted((s.filepath, s[RUN_HASH_FIELD]) for s in dataset)
+    document = json.loads((run / "annotations.json").read_text())
+    for annotation in document["annotations"]:
+        annotation["score"] = 0.123  # every image changed ...
+    document["annotations"][-1]["category_id"] = 999  # ... and the last one cannot be read
+    (run / "annotations.json").write_text(json.dumps(document))
+    assert main(["review", str(run), "--no-launch", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert "annotations.json: annotation" in err and "999" in err and len(err.strip().splitlines()) == 1
+    dataset.reload()
+    assert sorted((s.filepath, s[RUN_HASH_FIELD]) for s in dataset) == before  # not half-updated
+
+
+def test_export_of_a_field_that_holds_no_detections_is_one_line(run_dir, capsys):
+    load_run(run_dir, name="review-field")
+    for field, message in [("file_name", "field 'file_name' of dataset 'review-field' holds StringField, not Detections"),
+                           ("nope", "dataset 'review-field' has no field 'nope'")]:
+        for format in ("coco", "yolo"):
+            assert main(["export", "review-field", "--out", f"/tmp/never-{field}-{format}", "--format", format,
+                         "--field", field]) == 2
+            err = capsys.readouterr().err
+            assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _gt_maps(run_dir, gt, change=None):
+    for path in (run_dir / "labels").rglob("*.png"):
+        target = gt / path.relative_to(run_dir / "labels")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        label_map = np.asarray(Image.open(path))
+        Image.fromarray(change(label_map) if change else label_map).save(target)
+
+
+@pytest.mark.parametrize("case,change,message", [
+    ("ids outside the classes", lambda m: np.where(m == 1, 7, m).astype(np.uint8),
+     "holds values [7] that are not category ids of this run (0..3, as in labels/)"),
+    ("another size", lambda m: np.zeros((m.shape[0] // 2, m.shape[1]), np.uint8), "label maps must have the image's size"),
+])
+def test_ground_truth_label_maps_that_cannot_be_the_runs_are_refused(run_dir, tmp_path, capsys, case, change, message):
+    gt = tmp_path / "gt"
+    _gt_maps(run_dir, gt, change)
+    assert main(["review", str(run_dir), "--no-launch", "--name", "review-bad-gt", "--gt", str(gt)]) == 2
+    err = capsys.readouterr().err
+    assert str(gt) in err and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_ground_truth_label_maps_for_some_images_evaluate_those(run_dir, tmp_path):
+    gt = tmp_path / "gt"
+    _gt_maps(run_dir, gt)
+    first = sorted(gt.rglob("*.png"))[0]
+    first.unlink()
+    _, report = load_run(run_dir, name="review-partial-gt", gt=gt)
+    assert "eval_seg (4 images with ground truth, 1 without): accuracy 1.0000" in report
+
+
+def test_coco_ground_truth_without_annotations_or_of_other_sizes(run_dir, annotations, tmp_path, capsys):
+    gt = {"images": annotations["images"], "categories": annotations["categories"]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    _, report = load_run(run_dir, name="review-gt-empty", gt=tmp_path / "gt.json")
+    assert f"FP {len(annotations['annotations'])}, FN 0" in report
+    gt["images"] = [{**gt["images"][0], "width": 999}, *gt["images"][1:]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert main(["review", str(run_dir), "--no-launch", "--name", "review-gt-size", "--gt", str(tmp_path / "gt.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"is 999x{gt['images'][0]['height']} there but 64x48 in the run: not the same image" in err
