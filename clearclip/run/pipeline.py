@@ -2,7 +2,7 @@
 
 Which images need work is decided per image (see ``RunFolder.state``): a call labels new, changed,
 failed and unfinished images and nothing else, and loads the model only when there is something to do.
-The stages overlap: DataLoader workers decode, the model queues one batch while the previous batch's
+The stages overlap: DataLoader workers decode (waiting on a shared pixel budget, ``io.budget``), the model queues one batch while the previous batch's
 maps come back from the device, and finishing processes write label maps and records.
 """
 
@@ -12,13 +12,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import EnvironmentFailure, one_line
+from ..io.budget import DEFAULT_DECODE_BUDGET, PixelBudget
 from ..io.images import ImageFile, ImageLoadError, load_image
 from .finish import Finishers
 from .folder import DONE, RunFolder, is_disk_full
@@ -69,28 +70,52 @@ def _start_decode_worker(_: int) -> None:
 
 
 class ImageFolder:
-    """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None)``."""
+    """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None,
+    pixels reserved in the budget)``; decoders wait on ``budget`` before decoding."""
 
-    def __init__(self, root: Path, images: Sequence[ImageFile], max_pixels: int) -> None:
-        self.root, self.images, self.max_pixels = root, list(images), max_pixels
+    def __init__(self, root: Path, images: Sequence[ImageFile], max_pixels: int, budget: PixelBudget) -> None:
+        self.root, self.images, self.max_pixels, self.budget = root, list(images), max_pixels, budget
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None]:
+    def __getitem__(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None, int]:
         name = self.images[index].name
         path = self.root / name
-        try:
-            info = os.stat(path)
-            image = ImageFile(name, info.st_size, info.st_mtime_ns)
-            array = load_image(path, self.max_pixels)
-        except FileNotFoundError:
-            return self.images[index], None, "file not found (deleted while the run was going)"
-        except ImageLoadError as error:
-            return image, None, error.reason
+        reserved = 0
+        with self.budget.turn(index) as reserve_turn:
+
+            def reserve(pixels: int) -> None:
+                nonlocal reserved
+                reserve_turn(pixels)
+                reserved = pixels
+
+            try:
+                info = os.stat(path)
+                image = ImageFile(name, info.st_size, info.st_mtime_ns)
+                array = load_image(path, self.max_pixels, reserve)
+            except FileNotFoundError:
+                return self.images[index], None, "file not found (deleted while the run was going)", reserved
+            except ImageLoadError as error:
+                return image, None, error.reason, reserved
         from ..inference.segmentation import prepare_image
 
-        return image, prepare_image(array), None
+        return image, prepare_image(array), None, reserved
+
+
+def _batches(loader, budget: PixelBudget, batch_size: int) -> Iterator[list]:
+    """Images from a one-image-per-item DataLoader in batches of ``batch_size``, or fewer once their pixels
+    reach the budget; each image's pixels go back to the budget as it is taken."""
+    batch, pixels = [], 0
+    for (image, prepared, error, reserved), in loader:
+        budget.release(reserved)
+        batch.append((image, prepared, error))
+        pixels += reserved
+        if len(batch) == batch_size or pixels >= budget.pixels:
+            yield batch
+            batch, pixels = [], 0
+    if batch:
+        yield batch
 
 
 class _Segmenter:
@@ -173,9 +198,10 @@ def label_images(
     folder.claim_precision(cc.precision, threads)
     segment = _Segmenter(cc, config, log)
     workers = config.workers()
+    budget = PixelBudget(max(config.max_pixels, DEFAULT_DECODE_BUDGET))
     loader = DataLoader(
-        ImageFolder(root, todo, config.max_pixels), batch_size=config.batch_size, num_workers=workers,
-        collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 if workers else None,
+        ImageFolder(root, todo, config.max_pixels, budget), batch_size=1, num_workers=workers,
+        collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 * config.batch_size if workers else None,
         worker_init_fn=_start_decode_worker if workers else None,
     )
     bar = tqdm(total=len(todo), unit="img", desc="labeling", disable=not progress, dynamic_ncols=True)
@@ -202,7 +228,7 @@ def label_images(
         with Finishers(folder, config.vocabulary, config.region_filter, cc.precision,
                        config.finisher_count(workers)) as finishers:
             previous = None
-            for batch in loader:
+            for batch in _batches(loader, budget, config.batch_size):
                 ready = []
                 for image, prepared, error in batch:
                     if error is None:

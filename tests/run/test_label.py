@@ -156,6 +156,26 @@ def test_batch_size_does_not_change_the_annotations(tiny_model_name, tmp_path):
     assert outputs[0] == outputs[1]
 
 
+def test_a_pixel_budget_of_one_image_gives_the_same_run(tiny_model_name, tmp_path, monkeypatch):
+    """Decoders wait on the shared budget (here: room for one image at a time, so the model's batches are
+    cut short too); the output is that of an unconstrained run, a broken file included."""
+    from folders import write_plain_folder
+    import clearclip.run.pipeline as pipeline
+
+    root = tmp_path / "data"
+    write_plain_folder(root, 6, size=(40, 52))
+    (root / "broken.png").write_bytes(b"not a picture")
+    outputs = []
+    for budget in (pipeline.DEFAULT_DECODE_BUDGET, 1):
+        monkeypatch.setattr(pipeline, "DEFAULT_DECODE_BUDGET", budget)
+        out = tmp_path / f"budget{budget}"
+        assert main(["label", str(root), "--out", str(out), "--model", tiny_model_name, "--batch-size", "3",
+                     "--workers", "2", "--max-pixels", "3000", "--class", "sky", "--class", "grass", *SMALL]) == 0
+        outputs.append((out / "annotations.json").read_bytes())
+        assert json.loads((out / "run.json").read_text())["images_labeled"] == 6
+    assert outputs[0] == outputs[1]
+
+
 def test_files_sharing_a_label_map_name_are_reported(tiny_model_name, tmp_path):
     from folders import smooth_image
 
