@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime
+from pydantic import Field
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -184,8 +186,8 @@ def summary_markdown(summary: dict) -> str:
 def label_dataset(
     dataset: str,
     out: str | None = None,
-    shard_size: int = 500,
-    max_attempts: int = 3,
+    shard_size: Annotated[int, Field(ge=1)] = 500,
+    max_attempts: Annotated[int, Field(ge=1)] = 3,
     review: bool = False,
     fan_out: bool | None = None,
     **job_values,
@@ -196,6 +198,15 @@ def label_dataset(
     strings). A shard run that fails or crashes is submitted again, up to ``max_attempts`` times.
     ``fan_out`` (default: when running as a deployment) sends each shard to deployment label-shard/gpu;
     otherwise shards run here. ``review`` loads the result into FiftyOne at the end.
+
+    Args:
+        dataset: the folder of images, as the workers see it
+        out: the run folder (default: workspace/runs/<dataset>-<time>); a rerun into it labels only new,
+            changed and failed images
+        shard_size: images per label-shard run
+        max_attempts: runs of a shard before the labeling fails (a crashed or failed shard is submitted again)
+        review: load the result into a FiftyOne dataset at the end
+        fan_out: send shards to deployment label-shard/gpu (default: when this runs as a deployment)
     """
     logger = get_run_logger()
     job = LabelJob(**job_values)

@@ -51,6 +51,7 @@ def whole(low: int) -> Callable:
         return value
 
     check.numeric = True
+    check.bounds = {"ge": low}
     return check
 
 
@@ -66,6 +67,7 @@ def fraction(value):
 
 
 fraction.numeric = True
+fraction.bounds = {"ge": 0, "le": 1}
 
 
 def positive(value):
@@ -80,6 +82,7 @@ def positive(value):
 
 
 positive.numeric = True
+positive.bounds = {"gt": 0}
 
 
 def one_of(*choices: str) -> Callable:

@@ -84,7 +84,19 @@ def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folde
                                                                         tmp_path):
     with ServeStack(tmp_path / "prefect") as stack:
         out = tmp_path / "run"
-        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, max_attempts=2))
+        good = parameters(folder, out, tiny_model_name, max_attempts=2)
+        without_classes = {k: v for k, v in good.items() if k != "classes"}
+        for bad, named in [({"shard_size": 0}, "shard_size"), ({"max_attempts": 0}, "max_attempts"),
+                           ({"min_score": 1.5}, "min_score"), ({"batch_size": 0}, "batch_size"),
+                           ({"refine": "foo"}, "refine")]:
+            with pytest.raises(RuntimeError) as refused:  # refused by the server's schema check, at submit
+                stack.run_deployment("label-dataset/default", {**good, **bad})
+            assert "Validation failed" in str(refused.value) and named in str(refused.value), bad
+        with pytest.raises(RuntimeError) as refused:
+            stack.run_deployment("label-dataset/default", without_classes)
+        assert "'classes' is a required property" in " ".join(str(refused.value).split())  # the CLI wraps lines
+        assert parent_runs(stack, out) == []  # nothing was submitted
+        stack.run_deployment("label-dataset/default", good)
         manifests = stack.wait_until(lambda: sorted((out / "manifests").glob("*.json")) if out.exists() else [],
                                      120, "the shard manifests")
         lost = manifests[0]
