@@ -8,7 +8,9 @@ job (classes and thresholds as values), which it checks against the run's ``conf
 
 Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any worker of pool ``gpu``
 picks up; a shard run that ends FAILED or CRASHED (its worker died and its heartbeats stopped) is
-submitted again, up to ``max_attempts`` times. Called directly (tests, one machine), shards run here.
+submitted again, up to ``max_attempts`` times. This run also watches its shards itself: one that stays
+PENDING or RUNNING without a finished image for ``stall_seconds`` (a worker killed between claiming and
+starting it sends no heartbeat; a restarted server forgets them) is marked CRASHED and submitted again. Called directly (tests, one machine), shards run here.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
+from prefect.states import Crashed
 
 from clearclip.errors import one_line
 from clearclip.run.folder import RunFolder
@@ -57,6 +60,8 @@ class Shard:
     attempts: int = 0
     last_error: str = ""
     finished: bool = False
+    seen: tuple = ()  # (state name, images finished) when last changed, and since when (monotonic)
+    seen_since: float = 0.0
 
 
 class Progress:
@@ -68,15 +73,15 @@ class Progress:
         self.artifact = create_progress_artifact(0.0 if self.total else 100.0, key="label-dataset-progress",
                                                  description=f"0 of {self.total} images")
 
+    def finished_in(self, shard: Shard) -> int:
+        """Images of ``shard`` finished so far, from its progress file."""
+        if shard.finished:
+            return shard.size
+        progress = self.folder.read_json(self.folder.progress_path(shard.key)) or {}
+        return min(shard.size, int(progress.get("finished", 0)))
+
     def finished_images(self) -> int:
-        count = 0
-        for shard in self.shards:
-            if shard.finished:
-                count += shard.size
-            else:
-                progress = self.folder.read_json(self.folder.progress_path(shard.key)) or {}
-                count += min(shard.size, int(progress.get("finished", 0)))
-        return count
+        return sum(self.finished_in(shard) for shard in self.shards)
 
     def update(self) -> None:
         done = self.finished_images()
@@ -118,9 +123,22 @@ def _read_states(client, ids: list[UUID]) -> dict[UUID, object]:
     return states
 
 
+def _stalled(shard: Shard, state, finished: int, stall_seconds: float) -> bool:
+    """True when ``shard``'s run has been claimed (PENDING) or RUNNING with no image finished for
+    ``stall_seconds``: its worker died before heartbeats could tell, or the server lost them. A SCHEDULED
+    run is waiting for a free worker and never stalls."""
+    now = time.monotonic()
+    seen = (shard.run_id, state.name, finished)
+    if seen != shard.seen:
+        shard.seen, shard.seen_since = seen, now
+        return False
+    return (state.is_pending() or state.is_running()) and now - shard.seen_since > stall_seconds
+
+
 def _run_shards_on_workers(shards: list[Shard], job: LabelJob, dataset: str, out: str, max_attempts: int,
-                           progress: Progress) -> list[Shard]:
-    """Submit every shard, resubmit the lost ones, wait; returns the shards lost after their last attempt."""
+                           stall_seconds: float, progress: Progress) -> list[Shard]:
+    """Submit every shard, resubmit the lost ones, wait; returns the shards lost after their last attempt.
+    A shard run that stalls (``_stalled``) is marked CRASHED here and counts as lost."""
     logger = get_run_logger()
     for shard in shards:
         _submit(shard, job, dataset, out)
@@ -133,6 +151,12 @@ def _run_shards_on_workers(shards: list[Shard], job: LabelJob, dataset: str, out
             states = _read_states(client, [s.run_id for s in waiting])
             for shard in waiting:
                 state = states.get(shard.run_id)
+                if state is not None and not state.is_final() and _stalled(shard, state, progress.finished_in(shard),
+                                                                           stall_seconds):
+                    message = (f"{state.type.value} for {stall_seconds:.0f} s without a finished image: marked crashed by "
+                               "label-dataset (its worker is gone, or the server lost its heartbeats)")
+                    client.set_flow_run_state(shard.run_id, Crashed(message=message), force=True)
+                    state = Crashed(message=message)
                 if state is None or not state.is_final():
                     continue
                 if state.is_completed():
@@ -188,6 +212,7 @@ def label_dataset(
     out: str | None = None,
     shard_size: Annotated[int, Field(ge=1)] = 500,
     max_attempts: Annotated[int, Field(ge=1)] = 3,
+    stall_seconds: Annotated[float, Field(gt=0)] = 600.0,
     review: bool = False,
     fan_out: bool | None = None,
     **job_values,
@@ -205,6 +230,8 @@ def label_dataset(
             changed and failed images
         shard_size: images per label-shard run
         max_attempts: runs of a shard before the labeling fails (a crashed or failed shard is submitted again)
+        stall_seconds: a shard run claimed by a worker (PENDING) or RUNNING without finishing an image for this
+            long is marked crashed and submitted again
         review: load the result into a FiftyOne dataset at the end
         fan_out: send shards to deployment label-shard/gpu (default: when this runs as a deployment)
     """
@@ -224,7 +251,8 @@ def label_dataset(
     start = time.perf_counter()
     fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
     if fan_out:
-        lost = _run_shards_on_workers(shards, resolved, dataset, str(folder.root), max_attempts, progress)
+        lost = _run_shards_on_workers(shards, resolved, dataset, str(folder.root), max_attempts, stall_seconds,
+                                      progress)
         if lost:
             parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
             details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"

@@ -1,7 +1,8 @@
-"""Run a module as ``python -m`` would, SIGKILLing the process once N images are committed: the test's own
-fault injection, so the moment a labeler dies is deterministic and production code carries no hook.
+"""Run a module as ``python -m`` would, SIGKILLing the process once N images are committed, or (N =
+``claim``) as soon as a Prefect worker has claimed a flow run, before the run starts: the test's own fault
+injection, so the moment a labeler dies is deterministic and production code carries no hook.
 
-    python tests/kill_after.py N MODULE [ARGS...]
+    python tests/kill_after.py N|claim MODULE [ARGS...]
 """
 
 import os
@@ -36,9 +37,22 @@ def kill_after(limit: int) -> None:
     Finishers.submit = counted
 
 
+def kill_at_claim() -> None:
+    """SIGKILL this process once a worker has moved a flow run to PENDING and before it starts the run."""
+    from prefect.workers.base import BaseWorker
+
+    propose = BaseWorker._propose_submitting_state
+
+    async def proposed_then_killed(self, flow_run):
+        await propose(self, flow_run)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    BaseWorker._propose_submitting_state = proposed_then_killed
+
+
 if __name__ == "__main__":
     limit, module, *arguments = sys.argv[1:]
-    kill_after(int(limit))
+    kill_at_claim() if limit == "claim" else kill_after(int(limit))
     sys.argv = [module, *arguments]
     sys.path.insert(0, os.getcwd())
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -62,8 +62,9 @@ class ServeStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start_shard_worker(self, name: str, kill_after: int | None = None, **env: str) -> subprocess.Popen:
-        """A shard worker; with ``kill_after``, it SIGKILLs itself once that many images are committed."""
+    def start_shard_worker(self, name: str, kill_after: int | str | None = None, **env: str) -> subprocess.Popen:
+        """A shard worker; with ``kill_after``, it SIGKILLs itself once that many images are committed (or,
+        with ``"claim"``, once it has claimed a shard run, before starting it)."""
         log = open(self.home / f"worker-{name}.log", "ab")
         start = [sys.executable, "-m"] if kill_after is None else [sys.executable, str(KILL_AFTER), str(kill_after)]
         worker = subprocess.Popen(

@@ -80,6 +80,27 @@ def test_a_dead_worker_never_stalls_a_run(folder, reference, tiny_model_name, tm
         socket.create_connection(("127.0.0.1", stack.port), timeout=2)
 
 
+def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(folder, reference, tiny_model_name,
+                                                                             tmp_path):
+    """A worker killed between claiming a shard run and starting it sends no heartbeat, so the crash
+    automation never sees that run; the parent marks it crashed after stall_seconds and submits it again."""
+    with ServeStack(tmp_path / "prefect") as stack:
+        out = tmp_path / "run"
+        doomed = stack.start_shard_worker("doomed", kill_after="claim")
+        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=15))
+        stack.wait_until(lambda: doomed.poll() is not None, 120, "the doomed worker to die after its claim")
+        assert doomed.returncode == -9
+        stack.start_shard_worker("survivor")
+        parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
+        assert parent["state"] == "COMPLETED", parent["message"]
+        shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(out)]
+        crashed = [r for r in shard_runs if r["state"] == "CRASHED"]
+        assert len(crashed) == 1 and "PENDING for 15 s without a finished image: marked crashed by label-dataset" \
+            in crashed[0]["message"]
+        assert sum(r["state"] == "COMPLETED" for r in shard_runs) == 3
+        assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
 def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folder, reference, tiny_model_name,
                                                                         tmp_path):
     with ServeStack(tmp_path / "prefect") as stack:
