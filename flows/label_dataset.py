@@ -40,6 +40,8 @@ from flows.parameters import with_job_parameters
 
 SHARD_DEPLOYMENT = "label-shard/gpu"
 POLL_SECONDS = 3.0
+MAX_SHARD_SIZE = 500
+SHARDS_PER_WORKER = 4
 API_PAGE = 200  # the most flow runs one read returns (PREFECT_SERVER_API_DEFAULT_LIMIT)
 SHARD_LOST = {"labeled": 0, "skipped_as_done": 0, "failed": 0, "batch_size": 0}  # a shard without a record
 
@@ -90,6 +92,20 @@ class Progress:
         eta = f", about {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
         update_progress_artifact(self.artifact, 100.0 * done / max(1, self.total),
                                  description=f"{done} of {self.total} images, {rate:.2f} images/s{eta}")
+
+
+def auto_shard_size(images: int, workers: int) -> int:
+    """Images per shard when none is given: SHARDS_PER_WORKER shards for each worker (so none idles while
+    another has several left), at most MAX_SHARD_SIZE (a lost shard costs little to redo)."""
+    return max(1, min(MAX_SHARD_SIZE, -(-images // (SHARDS_PER_WORKER * max(1, workers)))))
+
+
+def _online_shard_workers() -> int:
+    """Workers ONLINE in the pool of deployment label-shard/gpu (the orchestrator's worker among them, if it
+    shares the pool: one shard more per round costs nothing)."""
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(SHARD_DEPLOYMENT).work_pool_name
+        return sum(worker.status == "ONLINE" for worker in client.read_workers_for_work_pool(pool))
 
 
 def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Shard]:
@@ -210,7 +226,7 @@ def summary_markdown(summary: dict) -> str:
 def label_dataset(
     dataset: str,
     out: str | None = None,
-    shard_size: Annotated[int, Field(ge=1)] = 500,
+    shard_size: Annotated[int, Field(ge=1)] | None = None,
     max_attempts: Annotated[int, Field(ge=1)] = 3,
     stall_seconds: Annotated[float, Field(gt=0)] = 600.0,
     review: bool = False,
@@ -228,7 +244,7 @@ def label_dataset(
         dataset: the folder of images, as the workers see it
         out: the run folder (default: workspace/runs/<dataset>-<time>); a rerun into it labels only new,
             changed and failed images
-        shard_size: images per label-shard run
+        shard_size: images per label-shard run (default: about 4 shards per online shard worker, at most 500)
         max_attempts: runs of a shard before the labeling fails (a crashed or failed shard is submitted again)
         stall_seconds: a shard run claimed by a worker (PENDING) or RUNNING without finishing an image for this
             long is marked crashed and submitted again
@@ -241,34 +257,36 @@ def label_dataset(
     info = job.info(config)
     resolved = job.resolved(config)  # shards get the classes and thresholds as values, never a path to re-read
     folder = RunFolder(out or default_out(dataset))
-    with folder.lock(exclusive=False):
-        plan = plan_run(dataset, folder, info, config.vocabulary)
-    shards = cut_shards(folder, plan.todo, shard_size)
-    logger.info("%d images, %d to label in %d shards, into %s", len(plan.images), len(plan.todo), len(shards),
-                folder.root)
+    with folder.orchestrated(f"label-dataset flow run '{runtime.flow_run.name}' ({runtime.flow_run.id})"):
+        with folder.lock(exclusive=False):
+            plan = plan_run(dataset, folder, info, config.vocabulary)
+        fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
+        shard_size = shard_size or auto_shard_size(len(plan.todo), _online_shard_workers() if fan_out else 1)
+        shards = cut_shards(folder, plan.todo, shard_size)
+        logger.info("%d images, %d to label in %d shards of up to %d, into %s", len(plan.images), len(plan.todo),
+                    len(shards), shard_size, folder.root)
 
-    progress = Progress(folder, shards)
-    start = time.perf_counter()
-    fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
-    if fan_out:
-        lost = _run_shards_on_workers(shards, resolved, dataset, str(folder.root), max_attempts, stall_seconds,
-                                      progress)
-        if lost:
-            parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
-            details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"
-                                for s in lost)
-            raise RuntimeError(f"{details}. Images of other shards are kept; once the cause is fixed, resume with: "
-                               f"{_resume_command(parameters)}")
-    else:
-        for shard in shards:
-            label_shard(resolved.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
-            shard.finished = True
-            progress.update()
-    seconds = time.perf_counter() - start
+        progress = Progress(folder, shards)
+        start = time.perf_counter()
+        if fan_out:
+            lost = _run_shards_on_workers(shards, resolved, dataset, str(folder.root), max_attempts, stall_seconds,
+                                          progress)
+            if lost:
+                parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
+                details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"
+                                    for s in lost)
+                raise RuntimeError(f"{details}. Images of other shards are kept; once the cause is fixed, resume with: "
+                                   f"{_resume_command(parameters)}")
+        else:
+            for shard in shards:
+                label_shard(resolved.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
+                shard.finished = True
+                progress.update()
+        seconds = time.perf_counter() - start
 
-    records = [folder.read_json(folder.shard_marker_path(s.key)) or SHARD_LOST for s in shards]
-    with folder.exclusive_if_free() as exclusive:
-        summary = finish_run(plan, invocation(plan, records, seconds), exclusive)
+        records = [folder.read_json(folder.shard_marker_path(s.key)) or SHARD_LOST for s in shards]
+        with folder.exclusive_if_free() as exclusive:
+            summary = finish_run(plan, invocation(plan, records, seconds), exclusive)
     create_markdown_artifact(summary_markdown(summary), key="label-dataset-summary", description="clearclip labeling run")
     if review:
         from clearclip.review.sync import load_run

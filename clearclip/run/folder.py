@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..annotations.record import Annotation
-from ..errors import ClearCLIPError, EnvironmentFailure
+from ..errors import ClearCLIPError, EnvironmentFailure, one_line
 from ..io.atomic import TEMP_SUFFIX, create_text, write_json, write_text
 from ..io.images import ImageFile
 from ..io.label_png import png_size
@@ -166,9 +166,7 @@ class RunFolder:
 
         Raises EnvironmentFailure at once when another process holds it the other way.
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise ClearCLIPError(f"the run folder {self.root} is a file; give --out a folder (new or a run's)")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_root()
         with open(self.root / ".lock", "a+b") as handle:
             try:
                 fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -176,6 +174,31 @@ class RunFolder:
                 raise EnvironmentFailure(
                     f"{self.root} is in use by another clearclip run; wait for it to finish, or label into another --out"
                 ) from error
+            yield
+
+    def _make_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ClearCLIPError(f"the run folder {self.root} is a file; give --out a folder (new or a run's)")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def orchestrated(self, owner: str) -> Iterator[None]:
+        """Hold the folder for one orchestrating run (a ``label-dataset`` parent) from plan to merge; its shards
+        take the shared lock meanwhile. A second parent is refused at once, naming ``owner`` of the first.
+        The hold ends with the holder's process, so the parent of a rerun after a crash is not refused."""
+        self._make_root()
+        path = self.inside(self.root / ".orchestrator.lock")
+        with open(path, "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                handle.seek(0)
+                holder = handle.read().decode("utf-8", "replace").strip() or "another run"
+                raise EnvironmentFailure(f"{self.root} is being labeled by {one_line(holder)}; wait for it to finish, "
+                                         "or label into another out") from error
+            handle.truncate(0)
+            handle.write(owner.encode())
+            handle.flush()
             yield
 
     @contextmanager

@@ -8,12 +8,14 @@ that says how to resume. Ctrl-C stops everything scripts/serve started."""
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from clearclip.cli import main
 from folders import write_plain_folder
-from prefect_stack import ServeStack
+from prefect_stack import ROOT, ServeStack
 
 pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
 
@@ -93,6 +95,9 @@ def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(f
         stack.start_shard_worker("survivor")
         parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
         assert parent["state"] == "COMPLETED", parent["message"]
+        online = subprocess.run([sys.executable, "-c", "from flows.label_dataset import _online_shard_workers as n; "
+                                 "print(n())"], env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert int(online.stdout) >= 2, online.stderr  # the orchestrator and the survivor (the dead one until it times out)
         shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(out)]
         crashed = [r for r in shard_runs if r["state"] == "CRASHED"]
         assert len(crashed) == 1 and "PENDING for 15 s without a finished image: marked crashed by label-dataset" \

@@ -237,3 +237,25 @@ def test_the_summary_table_keeps_its_shape_whatever_the_names():
     rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("|")]
     assert all(line.replace("\\|", "").count("|") == 3 for line in rows), rows
     assert "| cat \\| dog | 3 |" in rows and "| a\\|b\\\\nc.png | broken \\| really |" in rows
+
+
+def test_shards_are_sized_to_the_workers():
+    from flows.label_dataset import MAX_SHARD_SIZE, auto_shard_size
+
+    assert auto_shard_size(200, workers=2) == 25  # 8 shards: each worker has 4 rounds, none idles
+    assert auto_shard_size(1_000_000, workers=8) == MAX_SHARD_SIZE
+    assert auto_shard_size(3, workers=16) == 1 and auto_shard_size(0, workers=0) == 1
+
+
+def test_a_second_parent_into_the_same_out_is_refused(prefect_harness, folder, tiny_model_name, tmp_path):
+    from clearclip.errors import EnvironmentFailure
+    from clearclip.run.folder import RunFolder
+
+    out = tmp_path / "run"
+    with RunFolder(out).orchestrated("label-dataset flow run 'first-run' (1234)"):
+        with pytest.raises(EnvironmentFailure, match=r"run is being labeled by label-dataset flow run 'first-run' \(1234\); "
+                                                     "wait for it to finish, or label into another out"):
+            flow_run(folder, out, tiny_model_name)
+        assert not (out / "manifests").exists()  # refused before planning
+    summary = flow_run(folder, out, tiny_model_name)  # the first one is gone: the next one runs
+    assert summary["images_labeled"] == 8 and summary["last_invocation"]["shards"] == 3  # auto: 9 images, 4 shards of <= 3
