@@ -109,6 +109,10 @@ def scan_images(root: str | Path, exclude: tuple[str | Path, ...] = (), marker: 
                     info = entry.stat()
                     if not stat.S_ISREG(info.st_mode):
                         continue
+                    if entry.is_symlink() and os.path.commonpath([os.path.realpath(entry.path), real_root]) != real_root:
+                        listing.problems.append({"file": printable(name), "error": f"symlink to "
+                                                 f"{printable(os.path.realpath(entry.path))}, outside the dataset: not followed"})
+                        continue
                     if not _is_utf8(name):
                         listing.problems.append({"file": printable(name), "error": "file name is not valid UTF-8; rename it"})
                         continue

@@ -31,10 +31,12 @@ def test_symlinked_folders_inside_are_followed_once_and_outside_ones_reported(tm
     save(tmp_path / "hidden-real" / "d.png")
     os.rename(tmp_path / "hidden-real", data / ".hidden-real")
     (data / "visible").symlink_to(data / ".hidden-real")
+    (data / "secret.png").symlink_to(outside / "c.png")  # a file link out is refused like a folder link out
+    (data / "alias.png").symlink_to(data / "real" / "a.png")  # one inside is an image like any other
     listing = scan_images(data)
-    assert listing.names == ["other/b.png", "real/a.png", "visible/d.png"]
-    assert [p["file"] for p in listing.problems] == ["elsewhere"]
-    assert "outside the dataset" in listing.problems[0]["error"]
+    assert listing.names == ["alias.png", "other/b.png", "real/a.png", "visible/d.png"]
+    assert [p["file"] for p in listing.problems] == ["elsewhere", "secret.png"]
+    assert all("outside the dataset: not followed" in p["error"] for p in listing.problems)
 
 
 def test_unreadable_folders_are_reported(tmp_path, monkeypatch):
