@@ -1,6 +1,7 @@
-"""Crash detection for shard runs: a Prefect automation that marks a ``label-shard`` run CRASHED once it
-has missed about three heartbeats (Prefect's "detect zombie flows" recipe), so that the parent run submits
-its shard again.
+"""Crash detection: a Prefect automation that marks a ``label-shard`` run CRASHED once it has missed about
+three heartbeats (Prefect's "detect zombie flows" recipe), so that the parent run submits its shard again;
+and one that starts ``resume-label-dataset`` when a ``label-dataset`` run crashes, so that a dead parent's
+run is finished.
 
 Shard runs send a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 at least). Create or
 update the automation on any server with:
@@ -12,14 +13,19 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
+from uuid import UUID
 
 from prefect.automations import Automation
 from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
+from prefect.client.orchestration import get_client
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
+from prefect.exceptions import ObjectNotFound
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
 AUTOMATION_NAME = "clearclip: crash label-shard runs that stop sending heartbeats"
+RESUME_AUTOMATION_NAME = "clearclip: submit crashed label-dataset runs again"
+RESUME_DEPLOYMENT = "resume-label-dataset/default"
 MISSED_HEARTBEATS = 3
 
 
@@ -47,11 +53,31 @@ def crash_detection(heartbeat_seconds: int, missed: int = MISSED_HEARTBEATS) -> 
     )
 
 
-def ensure_crash_detection(heartbeat_seconds: int, missed: int = MISSED_HEARTBEATS) -> Automation:
-    """Create the automation on the server ``PREFECT_API_URL`` points at, or update it; safe to repeat."""
-    wanted = crash_detection(heartbeat_seconds, missed)
+def parent_resubmission(resume_deployment_id: UUID) -> Automation:
+    """The automation (not yet saved) that starts ``resume-label-dataset`` for each crashed label-dataset run."""
+    return Automation(
+        name=RESUME_AUTOMATION_NAME,
+        description="A label-dataset run that crashed (its process or machine died) would leave its run unmerged; "
+                    "resume-label-dataset submits it again with the same parameters and run folder.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification({"prefect.resource.role": "flow",
+                                                 "prefect.resource.name": "label-dataset"}),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=resume_deployment_id,
+                               parameters={"crashed_run": "{{ event.resource.id }}"})],  # a UUID does not render
+    )
+
+
+def ensure_automation(wanted: Automation) -> Automation:
+    """Create ``wanted`` on the server ``PREFECT_API_URL`` points at, or update the one of its name; safe to
+    repeat."""
     try:
-        existing = Automation.read(name=AUTOMATION_NAME)
+        existing = Automation.read(name=wanted.name)
     except ValueError:
         return wanted.create()
     existing.description, existing.trigger, existing.actions, existing.enabled = (
@@ -68,9 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--missed", type=int, default=MISSED_HEARTBEATS,
                         help=f"heartbeats a run may miss before it counts as crashed (default: {MISSED_HEARTBEATS})")
     args = parser.parse_args(argv)
-    automation = ensure_crash_detection(args.heartbeat_seconds, args.missed)
+    automation = ensure_automation(crash_detection(args.heartbeat_seconds, args.missed))
     print(f"automation '{automation.name}' ({automation.id}): label-shard runs silent for "
           f"{args.missed * args.heartbeat_seconds} s are marked CRASHED")
+    with get_client(sync_client=True) as client:
+        try:
+            resume = client.read_deployment_by_name(RESUME_DEPLOYMENT)
+        except ObjectNotFound:
+            print(f"no deployment {RESUME_DEPLOYMENT}: crashed label-dataset runs will not be resubmitted "
+                  "(deploy prefect.yaml first)")
+            return 0
+    automation = ensure_automation(parent_resubmission(resume.id))
+    print(f"automation '{automation.name}' ({automation.id}): crashed label-dataset runs are submitted again")
     return 0
 
 

@@ -37,6 +37,7 @@ from clearclip.run.job import LabelJob
 from clearclip.run.plan import finish_run, invocation, plan_run, shard_slices
 from flows.label_shard import label_shard
 from flows.parameters import with_job_parameters
+from flows.resume_parent import RUN_FOLDER_ARTIFACT
 
 SHARD_DEPLOYMENT = "label-shard/gpu"
 POLL_SECONDS = 3.0
@@ -257,6 +258,7 @@ def label_dataset(
     info = job.info(config)
     resolved = job.resolved(config)  # shards get the classes and thresholds as values, never a path to re-read
     folder = RunFolder(out or default_out(dataset))
+    create_markdown_artifact(str(folder.root), key=RUN_FOLDER_ARTIFACT, description="the run folder of this run")
     with folder.orchestrated(f"label-dataset flow run '{runtime.flow_run.name}' ({runtime.flow_run.id})"):
         with folder.lock(exclusive=False):
             plan = plan_run(dataset, folder, info, config.vocabulary)

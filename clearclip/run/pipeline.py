@@ -2,8 +2,9 @@
 
 Which images need work is decided per image (see ``RunFolder.state``): a call labels new, changed,
 failed and unfinished images and nothing else, and loads the model only when there is something to do.
-The stages overlap: DataLoader workers decode (waiting on a shared pixel budget, ``io.budget``), the model queues one batch while the previous batch's
-maps come back from the device, and finishing processes write label maps and records.
+The stages overlap: DataLoader workers decode (waiting on a shared pixel budget, ``io.budget``), the model
+queues one batch while the previous batch's maps come back from the device, and finishing processes write
+label maps and records.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ finishes it, with nobody doing anything. A shard that fails on every attempt fai
 that says how to resume. Ctrl-C stops everything scripts/serve started."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,11 +87,12 @@ def test_a_dead_worker_never_stalls_a_run(folder, reference, tiny_model_name, tm
 def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(folder, reference, tiny_model_name,
                                                                              tmp_path):
     """A worker killed between claiming a shard run and starting it sends no heartbeat, so the crash
-    automation never sees that run; the parent marks it crashed after stall_seconds and submits it again."""
+    automation never sees that run; the parent marks it crashed after stall_seconds (40 s: well above a
+    busy machine's model load, so no healthy shard is crashed) and submits it again."""
     with ServeStack(tmp_path / "prefect") as stack:
         out = tmp_path / "run"
         doomed = stack.start_shard_worker("doomed", kill_after="claim")
-        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=15))
+        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=40))
         stack.wait_until(lambda: doomed.poll() is not None, 120, "the doomed worker to die after its claim")
         assert doomed.returncode == -9
         stack.start_shard_worker("survivor")
@@ -100,9 +103,43 @@ def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(f
         assert int(online.stdout) >= 2, online.stderr  # the orchestrator and the survivor (the dead one until it times out)
         shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(out)]
         crashed = [r for r in shard_runs if r["state"] == "CRASHED"]
-        assert len(crashed) == 1 and "PENDING for 15 s without a finished image: marked crashed by label-dataset" \
+        assert len(crashed) == 1 and "PENDING for 40 s without a finished image: marked crashed by label-dataset" \
             in crashed[0]["message"]
         assert sum(r["state"] == "COMPLETED" for r in shard_runs) == 3
+        assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+def _flow_run_process(flow_run_id: str) -> int:
+    """The pid of the process that runs this flow run (a process worker gives it PREFECT__FLOW_RUN_ID)."""
+    import psutil
+
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id and "prefect.engine" in " ".join(process.cmdline()):
+                return process.pid
+        except psutil.Error:
+            continue
+    return 0
+
+
+def test_a_parent_killed_mid_run_is_submitted_again_and_merges(folder, reference, tiny_model_name, tmp_path):
+    """SIGKILL of the parent's process: the worker marks it CRASHED, the automation starts
+    resume-label-dataset, and a new parent labels what is left and writes annotations.json."""
+    with ServeStack(tmp_path / "prefect") as stack:
+        out = tmp_path / "run"
+        stack.start_shard_worker("only")
+        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
+        stack.wait_until(lambda: len(list((out / "shards").glob("*.json"))) >= 1 if out.exists() else False, 240,
+                         "a first shard to finish", poll=1)
+        first = parent_runs(stack, out)[0]
+        pid = stack.wait_until(lambda: _flow_run_process(first["id"]), 30, "the parent's process")
+        os.kill(pid, signal.SIGKILL)
+        done = stack.wait_until(lambda: [r for r in parent_runs(stack, out) if r["state"] == "COMPLETED"], 300,
+                                "a resumed parent to complete", poll=3)
+        assert len(done) == 1 and done[0]["name"].startswith("resume-of-")
+        assert sorted(r["state"] for r in parent_runs(stack, out)) == ["COMPLETED", "CRASHED"]
+        resumes = [r for r in stack.flow_runs() if r["flow"] == "resume-label-dataset"]
+        assert [r["state"] for r in resumes] == ["COMPLETED"] and resumes[0]["parameters"]["crashed_run"].endswith(first["id"])
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
 
 
