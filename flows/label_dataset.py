@@ -10,7 +10,8 @@ Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any 
 picks up; a shard run that ends FAILED or CRASHED (its worker died and its heartbeats stopped) is
 submitted again, up to ``max_attempts`` times. This run also watches its shards itself: one that stays
 PENDING or RUNNING without a finished image for ``stall_seconds`` (a worker killed between claiming and
-starting it sends no heartbeat; a restarted server forgets them) is marked CRASHED and submitted again. Called directly (tests, one machine), shards run here.
+starting it sends no heartbeat; a restarted server forgets them) is marked CRASHED and submitted again.
+Called directly (tests, one machine), shards run here.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Shard:
     attempts: int = 0
     last_error: str = ""
     finished: bool = False
-    seen: tuple = ()  # (state name, images finished) when last changed, and since when (monotonic)
+    seen: tuple = ()  # (run id, state name, images finished) as last changed, and since when (monotonic)
     seen_since: float = 0.0
 
 
