@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -203,12 +203,15 @@ class RunFolder:
 
     @contextmanager
     def exclusive_if_free(self) -> Iterator[bool]:
-        """Hold the folder exclusively if no labeler holds it; yields whether it does."""
-        try:
-            with self.lock(exclusive=True):
-                yield True
-        except EnvironmentFailure:
-            yield False
+        """Hold the folder exclusively if no labeler holds it; yields whether it does. Only taking the lock
+        is guarded: an EnvironmentFailure raised by the body propagates."""
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.lock(exclusive=True))
+                free = True
+            except EnvironmentFailure:
+                free = False
+            yield free
 
     def remove_temp_files(self) -> int:
         """Delete what killed writers left (``.*.tmp``); only while holding the folder exclusively."""
