@@ -1,10 +1,10 @@
-"""Crash detection: a Prefect automation that marks a ``label-shard`` run CRASHED once it has missed about
-three heartbeats (Prefect's "detect zombie flows" recipe), so that the parent run submits its shard again;
-and one that starts ``resume-label-dataset`` when a ``label-dataset`` run crashes, so that a dead parent's
-run is finished.
+"""Crash detection: a Prefect automation that marks a ``label-shard`` or ``label-dataset`` run CRASHED once it
+has missed about three heartbeats (Prefect's "detect zombie flows" recipe), so that the parent submits its
+shard again, or a lost machine's parent counts as crashed; and one that starts ``resume-label-dataset`` when
+a ``label-dataset`` run crashes, so that a dead parent's run is finished.
 
-Shard runs send a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 at least). Create or
-update the automation on any server with:
+Deployment runs send a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 at least). Create
+or update the automations on any server with:
 
     PREFECT_API_URL=http://server:4200/api python -m flows.crash_detection --heartbeat-seconds 30
 """
@@ -23,26 +23,28 @@ from prefect.exceptions import ObjectNotFound
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
-AUTOMATION_NAME = "clearclip: crash label-shard runs that stop sending heartbeats"
+AUTOMATION_NAME = "clearclip: crash runs that stop sending heartbeats"
+SHARDS_ONLY_NAME = "clearclip: crash label-shard runs that stop sending heartbeats"  # its name before parents
 RESUME_AUTOMATION_NAME = "clearclip: submit crashed label-dataset runs again"
 RESUME_DEPLOYMENT = "resume-label-dataset/default"
 MISSED_HEARTBEATS = 3
 
 
 def crash_detection(heartbeat_seconds: int, missed: int = MISSED_HEARTBEATS) -> Automation:
-    """The automation (not yet saved) that crashes label-shard runs silent for ``missed`` heartbeats."""
+    """The automation (not yet saved) that crashes label-shard and label-dataset runs silent for ``missed``
+    heartbeats."""
     return Automation(
         name=AUTOMATION_NAME,
-        description=f"A label-shard run that sent no heartbeat and did not finish within {missed} heartbeats "
-                    f"({missed * heartbeat_seconds} s) lost its worker; marking it CRASHED lets label-dataset "
-                    "submit its shard again.",
+        description=f"A label-shard or label-dataset run that sent no heartbeat and did not finish within {missed} "
+                    f"heartbeats ({missed * heartbeat_seconds} s) lost its worker or machine; marking it CRASHED lets "
+                    "label-dataset submit a shard again, and resume-label-dataset a parent.",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             match_related=ResourceSpecification({"prefect.resource.role": "flow",
-                                                 "prefect.resource.name": "label-shard"}),
+                                                 "prefect.resource.name": ["label-shard", "label-dataset"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -95,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"heartbeats a run may miss before it counts as crashed (default: {MISSED_HEARTBEATS})")
     args = parser.parse_args(argv)
     automation = ensure_automation(crash_detection(args.heartbeat_seconds, args.missed))
-    print(f"automation '{automation.name}' ({automation.id}): label-shard runs silent for "
+    try:
+        Automation.read(name=SHARDS_ONLY_NAME).delete()  # replaced by the one above on servers set up before
+    except ValueError:
+        pass
+    print(f"automation '{automation.name}' ({automation.id}): label-shard and label-dataset runs silent for "
           f"{args.missed * args.heartbeat_seconds} s are marked CRASHED")
     with get_client(sync_client=True) as client:
         try:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from uuid import UUID
+
+import httpx
 
 from prefect import flow, get_run_logger, runtime
 from pydantic import Field
@@ -36,7 +39,7 @@ from clearclip.errors import one_line
 from clearclip.run.folder import RunFolder
 from clearclip.run.job import LabelJob
 from clearclip.run.plan import finish_run, invocation, plan_run, shard_slices
-from flows.label_shard import label_shard
+from flows.label_shard import REFUSED, label_shard
 from flows.parameters import with_job_parameters
 from flows.resume_parent import RUN_FOLDER_ARTIFACT
 
@@ -44,6 +47,7 @@ SHARD_DEPLOYMENT = "label-shard/gpu"
 POLL_SECONDS = 3.0
 MAX_SHARD_SIZE = 500
 SHARDS_PER_WORKER = 4
+SUBMIT_AHEAD_PER_WORKER = 2  # shard runs in flight per online worker: one running, one queued
 API_PAGE = 200  # the most flow runs one read returns (PREFECT_SERVER_API_DEFAULT_LIMIT)
 SHARD_LOST = {"labeled": 0, "skipped_as_done": 0, "failed": 0, "batch_size": 0}  # a shard without a record
 
@@ -78,17 +82,15 @@ class Progress:
                                                  description=f"0 of {self.total} images")
 
     def finished_in(self, shard: Shard) -> int:
-        """Images of ``shard`` finished so far, from its progress file."""
+        """Images of ``shard`` finished so far, from its progress file (read only while it runs)."""
         if shard.finished:
             return shard.size
         progress = self.folder.read_json(self.folder.progress_path(shard.key)) or {}
         return min(shard.size, int(progress.get("finished", 0)))
 
-    def finished_images(self) -> int:
-        return sum(self.finished_in(shard) for shard in self.shards)
-
-    def update(self) -> None:
-        done = self.finished_images()
+    def update(self, running: dict[str, int]) -> None:
+        """``running``: images finished so far in each shard run not yet complete, by shard key."""
+        done = sum(s.size for s in self.shards if s.finished) + sum(running.values())
         seconds = time.monotonic() - self.start
         rate = done / seconds if seconds > 0 else 0.0
         eta = f", about {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
@@ -102,12 +104,16 @@ def auto_shard_size(images: int, workers: int) -> int:
     return max(1, min(MAX_SHARD_SIZE, -(-images // (SHARDS_PER_WORKER * max(1, workers)))))
 
 
-def _online_shard_workers() -> int:
+def _online_shard_workers(client) -> int:
     """Workers ONLINE in the pool of deployment label-shard/gpu (the orchestrator's worker among them, if it
-    shares the pool: one shard more per round costs nothing)."""
+    shares the pool: a shard more in flight costs nothing)."""
+    pool = client.read_deployment_by_name(SHARD_DEPLOYMENT).work_pool_name
+    return sum(worker.status == "ONLINE" for worker in client.read_workers_for_work_pool(pool))
+
+
+def _pool_size() -> int:
     with get_client(sync_client=True) as client:
-        pool = client.read_deployment_by_name(SHARD_DEPLOYMENT).work_pool_name
-        return sum(worker.status == "ONLINE" for worker in client.read_workers_for_work_pool(pool))
+        return _online_shard_workers(client)
 
 
 def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Shard]:
@@ -120,15 +126,17 @@ def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Sha
 
 
 def _submit(shard: Shard, job: LabelJob, dataset: str, out: str) -> None:
-    shard.attempts += 1
+    """A new run of ``shard``; submitting the same attempt again (the server did not answer) returns the
+    run the first call created, if it did."""
+    attempt = shard.attempts + 1
     flow_run = run_deployment(
         SHARD_DEPLOYMENT,
         parameters={"job": job.to_dict(), "dataset": str(dataset), "manifest": str(shard.manifest), "out": str(out)},
         timeout=0,
-        idempotency_key=f"{runtime.flow_run.id}-{shard.key}-{shard.attempts}",
-        flow_run_name=f"shard-{shard.key[:8]}-{shard.attempts}",
+        idempotency_key=f"{runtime.flow_run.id}-{shard.key}-{attempt}",
+        flow_run_name=f"shard-{shard.key[:8]}-{attempt}",
     )
-    shard.run_id = flow_run.id
+    shard.run_id, shard.attempts = flow_run.id, attempt
 
 
 def _read_states(client, ids: list[UUID]) -> dict[UUID, object]:
@@ -153,42 +161,82 @@ def _stalled(shard: Shard, state, finished: int, stall_seconds: float) -> bool:
     return (state.is_pending() or state.is_running()) and now - shard.seen_since > stall_seconds
 
 
+def _crash_unless_final(client, run_id: UUID, message: str):
+    """Force the run CRASHED, unless it ended since its state was read (a finished shard is never crashed);
+    returns its state."""
+    state = client.read_flow_run(run_id).state
+    if state is not None and state.is_final():
+        return state
+    client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+    return Crashed(message=message)
+
+
 def _run_shards_on_workers(shards: list[Shard], job: LabelJob, dataset: str, out: str, max_attempts: int,
                            stall_seconds: float, progress: Progress) -> list[Shard]:
-    """Submit every shard, resubmit the lost ones, wait; returns the shards lost after their last attempt.
-    A shard run that stalls (``_stalled``) is marked CRASHED here and counts as lost."""
+    """Label the shards on the pool's workers; returns the shards lost after their last attempt (or refused).
+
+    Shards are submitted in order, SUBMIT_AHEAD_PER_WORKER for each online shard worker at a time, so the
+    first results come while the rest wait unsubmitted and each worker finds its next shard queued when it
+    finishes one. Each round reads the states of the runs in flight in one query per API_PAGE, and only their
+    progress files. A run that stalls (``_stalled``) is marked CRASHED here and counts as lost; a run that
+    ends FAILED or CRASHED is submitted again up to ``max_attempts`` runs; a REFUSED one never is. A round
+    the server does not answer (it restarts) is tried again at the next poll.
+    """
     logger = get_run_logger()
-    for shard in shards:
-        _submit(shard, job, dataset, out)
-    lost: list[Shard] = []
+    waiting, in_flight, lost = deque(shards), [], []
     with get_client(sync_client=True) as client:
-        while True:
-            waiting = [s for s in shards if not s.finished and s not in lost]
-            if not waiting:
-                return lost
-            states = _read_states(client, [s.run_id for s in waiting])
-            for shard in waiting:
-                state = states.get(shard.run_id)
-                if state is not None and not state.is_final() and _stalled(shard, state, progress.finished_in(shard),
-                                                                           stall_seconds):
-                    message = (f"{state.type.value} for {stall_seconds:.0f} s without a finished image: marked crashed by "
-                               "label-dataset (its worker is gone, or the server lost its heartbeats)")
-                    client.set_flow_run_state(shard.run_id, Crashed(message=message), force=True)
-                    state = Crashed(message=message)
-                if state is None or not state.is_final():
-                    continue
-                if state.is_completed():
-                    shard.finished = True
-                    continue
-                shard.last_error = f"{state.name}: {state.message or 'no message'}"
-                if shard.attempts < max_attempts:
-                    logger.warning("shard %s (%s) ended %s; submitting it again (attempt %d of %d)", shard.key,
-                                   shard.manifest, shard.last_error, shard.attempts + 1, max_attempts)
-                    _submit(shard, job, dataset, out)
-                else:
-                    lost.append(shard)
-            progress.update()
-            time.sleep(POLL_SECONDS)
+        while waiting or in_flight:
+            try:
+                _poll_round(client, waiting, in_flight, lost, job, dataset, out, max_attempts, stall_seconds, progress)
+            except httpx.HTTPError as error:
+                logger.warning("the Prefect server did not answer (%s); trying again in %.0f s", one_line(error),
+                               POLL_SECONDS)
+            if waiting or in_flight:
+                time.sleep(POLL_SECONDS)
+    return lost
+
+
+def _poll_round(client, waiting: deque[Shard], in_flight: list[Shard], lost: list[Shard], job: LabelJob,
+                dataset: str, out: str, max_attempts: int, stall_seconds: float, progress: Progress) -> None:
+    """One round of ``_run_shards_on_workers``: top up the runs in flight, then read and act on their states."""
+    logger = get_run_logger()
+    ahead = SUBMIT_AHEAD_PER_WORKER * max(1, _online_shard_workers(client))
+    while waiting and len(in_flight) < ahead:
+        _submit(waiting[0], job, dataset, out)
+        in_flight.append(waiting.popleft())
+    states = _read_states(client, [s.run_id for s in in_flight])
+    running = {}
+    for shard in list(in_flight):
+        state, finished = states.get(shard.run_id), progress.finished_in(shard)
+        if state is not None and not state.is_final() and _stalled(shard, state, finished, stall_seconds):
+            state = _crash_unless_final(client, shard.run_id, f"{state.type.value} for {stall_seconds:.0f} s without "
+                                        "a finished image: marked crashed by label-dataset (its worker is gone, or "
+                                        "the server lost its heartbeats)")
+        if state is None or not state.is_final():
+            running[shard.key] = finished
+            continue
+        if state.is_completed():
+            shard.finished = True
+            in_flight.remove(shard)
+            continue
+        shard.last_error = f"{state.name}: {state.message or 'no message'}"
+        if state.name != REFUSED and shard.attempts < max_attempts:
+            logger.warning("shard %s (%s) ended %s; submitting it again (attempt %d of %d)", shard.key,
+                           shard.manifest, shard.last_error, shard.attempts + 1, max_attempts)
+            _submit(shard, job, dataset, out)
+            continue
+        in_flight.remove(shard)
+        lost.append(shard)
+        if state.name == REFUSED:  # the same job would be refused again: submit no more shards
+            logger.error("shard %s refused the job (%s); no further shard is submitted", shard.key, state.message)
+            waiting.clear()
+    progress.update(running)
+
+
+def _labeled_in_this_run(record: dict) -> dict:
+    """A shard record with the images an earlier, crashed run of the same shard labeled counted as labeled:
+    every image of a shard needed work when this run planned, so one found done was labeled in this run."""
+    return {**record, "labeled": record["labeled"] + record["skipped_as_done"], "skipped_as_done": 0}
 
 
 def _resume_command(parameters: dict) -> str:
@@ -200,13 +248,17 @@ def _cell(text: str) -> str:
     return one_line(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def summary_markdown(summary: dict) -> str:
-    """The run summary as a Markdown table for the Prefect UI."""
+def summary_markdown(summary: dict, results: dict) -> str:
+    """The run summary, and where its ``results`` are, as a Markdown table for the Prefect UI."""
+    dataset = results["fiftyone_dataset"]
     lines = [
         f"# clearclip run `{summary['run_dir']}`",
         "",
         "| | |",
         "|---|---|",
+        f"| annotations file | `{_cell(results['annotations_file'])}` |",
+        f"| FiftyOne dataset | {f'`{_cell(dataset)}` (`clearclip review` opens it)' if dataset else 'none (review=false)'} |",
+        f"| elapsed | {results['elapsed_seconds']:.0f} s |",
         f"| images labeled | {summary['images_labeled']} of {summary['images_listed']} |",
         f"| annotations | {summary['annotations']} |",
         f"| failures | {len(summary['failures'])} |",
@@ -253,6 +305,7 @@ def label_dataset(
         review: load the result into a FiftyOne dataset at the end
         fan_out: send shards to deployment label-shard/gpu (default: when this runs as a deployment)
     """
+    began = time.monotonic()
     logger = get_run_logger()
     job = LabelJob(**job_values)
     config = job.label_config()
@@ -264,7 +317,7 @@ def label_dataset(
         with folder.lock(exclusive=False):
             plan = plan_run(dataset, folder, info, config.vocabulary)
         fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
-        shard_size = shard_size or auto_shard_size(len(plan.todo), _online_shard_workers() if fan_out else 1)
+        shard_size = shard_size or auto_shard_size(len(plan.todo), _pool_size() if fan_out else 1)
         shards = cut_shards(folder, plan.todo, shard_size)
         logger.info("%d images, %d to label in %d shards of up to %d, into %s", len(plan.images), len(plan.todo),
                     len(shards), shard_size, folder.root)
@@ -276,23 +329,31 @@ def label_dataset(
                                           progress)
             if lost:
                 parameters = {**runtime.flow_run.parameters, "out": str(folder.root)}
-                details = "; ".join(f"shard {s.key} (files: {s.manifest}) failed {s.attempts} times, last: {s.last_error}"
-                                    for s in lost)
+                details = "; ".join(f"shard {s.key} (files: {s.manifest}) "
+                                    f"{'was refused' if s.last_error.startswith(REFUSED) else f'failed {s.attempts} times'}"
+                                    f", last: {s.last_error}" for s in lost)
                 raise RuntimeError(f"{details}. Images of other shards are kept; once the cause is fixed, resume with: "
                                    f"{_resume_command(parameters)}")
         else:
             for shard in shards:
                 label_shard(resolved.to_dict(), str(dataset), str(shard.manifest), str(folder.root))
                 shard.finished = True
-                progress.update()
+                progress.update({})
         seconds = time.perf_counter() - start
 
-        records = [folder.read_json(folder.shard_marker_path(s.key)) or SHARD_LOST for s in shards]
+        records = [_labeled_in_this_run(folder.read_json(folder.shard_marker_path(s.key)) or SHARD_LOST)
+                   for s in shards]
         with folder.exclusive_if_free() as exclusive:
             summary = finish_run(plan, invocation(plan, records, seconds), exclusive)
-    create_markdown_artifact(summary_markdown(summary), key="label-dataset-summary", description="clearclip labeling run")
+        logger.info("merged %d images (%d annotations) into %s", summary["images_labeled"], summary["annotations"],
+                    folder.annotations_path)
+    review_name = None
     if review:
         from clearclip.review.sync import load_run
 
-        load_run(folder.root)
-    return {k: v for k, v in summary.items() if k != "info"}
+        review_name = load_run(folder.root)[0].name
+    results = {"elapsed_seconds": round(time.monotonic() - began, 1), "annotations_file": str(folder.annotations_path),
+               "fiftyone_dataset": review_name}
+    create_markdown_artifact(summary_markdown(summary, results), key="label-dataset-summary",
+                             description="clearclip labeling run")
+    return {**{k: v for k, v in summary.items() if k != "info"}, **results}

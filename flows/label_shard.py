@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
+from clearclip.errors import ClearCLIPError, EnvironmentFailure
 from clearclip.io.atomic import write_json
 from clearclip.run.folder import RunFolder
 from clearclip.run.job import LabelJob
 from clearclip.run.pipeline import label_images, stat_images
 
 PROGRESS_EVERY_SECONDS = 2.0
+REFUSED = "Refused"  # the name of a FAILED state that another run of the same shard would end in too
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,16 +50,27 @@ class ProgressFile:
 
 
 @flow(name="label-shard", log_prints=True)
-def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict:
+def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict | State:
     """Label the files listed in ``manifest`` (a manifest of ``out``, names relative to ``dataset``) into the
     run folder ``out``. ``job`` is the parent's resolved job (``LabelJob.resolved``); a job that does not compute
     what ``out/config.json`` records is refused before anything is written.
 
     Returns and writes ``shards/<key>.json``: images labeled, skipped as done, failed, seconds (of which
-    loading the model), batch size.
+    loading the model), batch size. A ClearCLIPError other than an EnvironmentFailure (a job this worker
+    cannot run: a device it lacks, missing weights, another run's folder) ends the run in a FAILED state named
+    REFUSED, which the parent does not submit again. Errors of single images are failures of those images.
     """
+    try:
+        return _label_shard(LabelJob(**job), dataset, manifest, out)
+    except EnvironmentFailure:  # the machine, not the job (a full disk, a held folder): another run may succeed
+        raise
+    except ClearCLIPError as error:
+        get_run_logger().error("refused: %s", error)
+        return Failed(name=REFUSED, message=str(error))
+
+
+def _label_shard(spec: LabelJob, dataset: str, manifest: str, out: str) -> dict:
     logger = get_run_logger()
-    spec = LabelJob(**job)
     config = spec.label_config()
     folder = RunFolder(out)
     folder.check_config(spec.info(config))

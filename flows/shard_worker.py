@@ -19,6 +19,7 @@ sleep_when_waiting()  # before torch loads (flows.label_shard imports it): waiti
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import os  # noqa: E402
+import warnings  # noqa: E402
 from functools import partial  # noqa: E402
 
 import anyio  # noqa: E402
@@ -26,6 +27,9 @@ from prefect.flow_engine import run_flow_sync  # noqa: E402
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult  # noqa: E402
 
 from flows.label_shard import label_shard  # noqa: E402
+
+
+warnings.filterwarnings("ignore", message="Type 'ShardWorker' .* will be overridden")  # it serves type process
 
 
 class ShardWorker(ProcessWorker):

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from processes import free_port, kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +31,10 @@ with get_client(sync_client=True) as client:
 
 
 class ServeStack:
-    """``with ServeStack(home, shard_workers=0) as stack``: scripts/serve on a free port, stopped with Ctrl-C."""
+    """``with ServeStack(home, shard_workers=0) as stack``: scripts/serve on a free port, stopped with Ctrl-C.
+    ``database``: serve's DATABASE (sqlite, postgres or auto)."""
 
-    def __init__(self, home: Path, shard_workers: int = 0, heartbeat_seconds: int = 30) -> None:
+    def __init__(self, home: Path, shard_workers: int = 0, heartbeat_seconds: int = 30, database: str = "sqlite") -> None:
         self.home = home
         self.port = free_port()
         self.env = {
@@ -39,6 +42,7 @@ class ServeStack:
             "PREFECT_HOME": str(home),
             "PORT": str(self.port),
             "SHARD_WORKERS": str(shard_workers),
+            "DATABASE": database,
             "HEARTBEAT_SECONDS": str(heartbeat_seconds),
             "PREFECT_API_URL": f"http://127.0.0.1:{self.port}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -82,6 +86,14 @@ class ServeStack:
 
     def run_deployment(self, name: str, parameters: dict) -> None:
         self.cli("deployment", "run", name, "--params", json.dumps(parameters))
+
+    def served(self, *words: str) -> psutil.Process:
+        """The process scripts/serve started whose command line holds ``words`` (the server, a worker)."""
+        for process in psutil.Process(self.serve.pid).children(recursive=True):
+            command = " ".join(process.cmdline())
+            if all(word in command for word in words):
+                return process
+        raise LookupError(f"scripts/serve runs no process with {words}")
 
     def flow_runs(self) -> list[dict]:
         result = subprocess.run([sys.executable, "-c", FLOW_RUNS_SCRIPT], env=self.env, capture_output=True, text=True,

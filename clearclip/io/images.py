@@ -54,6 +54,9 @@ class ImageLoadError(Exception):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # pickled by DataLoader workers and FiftyOne's: rebuilt from both arguments
+        return type(self), (self.path, self.reason)
+
 
 def printable(name: str) -> str:
     """A path as text that can be written anywhere: bytes that are not UTF-8 become ``\\xNN``."""

@@ -364,15 +364,19 @@ class RunFolder:
 
     def read_manifest(self, path: str | Path) -> list[str]:
         """The names of a shard manifest of this run folder, each checked by the path gate (and the set against
-        the manifest's key). Raises ClearCLIPError naming the manifest."""
+        the manifest's key). Raises ClearCLIPError naming the manifest: an EnvironmentFailure when it cannot be
+        read (the file system may serve it on another try)."""
         path = Path(path)
         if path.parent.resolve() != self.manifests_dir.resolve():
             raise ClearCLIPError(f"shard manifest {path} is not in {self.manifests_dir}; a shard reads only "
                                  "manifests its run wrote")
         try:
-            names = json.loads(path.read_text(encoding="utf-8"))["files"]
-            names = [checked_name(name, path) for name in names]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise EnvironmentFailure(f"cannot read shard manifest {path}: {error}") from error
+        try:
+            names = [checked_name(name, path) for name in json.loads(text)["files"]]
+        except (ValueError, KeyError, TypeError) as error:
             raise ClearCLIPError(f"cannot read shard manifest {path}: {error}") from error
         if manifest_key(names) != path.stem:
             raise ClearCLIPError(f"shard manifest {path} does not hold the files its name says; it was altered")

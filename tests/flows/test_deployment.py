@@ -6,13 +6,18 @@ sending heartbeats, the automation marks it CRASHED, the parent submits the shar
 finishes it, with nobody doing anything. A shard that fails on every attempt fails the parent with a message
 that says how to resume. Ctrl-C stops everything scripts/serve started."""
 
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
+import psutil
 import pytest
 
 from clearclip.cli import main
@@ -98,7 +103,7 @@ def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(f
         stack.start_shard_worker("survivor")
         parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
         assert parent["state"] == "COMPLETED", parent["message"]
-        online = subprocess.run([sys.executable, "-c", "from flows.label_dataset import _online_shard_workers as n; "
+        online = subprocess.run([sys.executable, "-c", "from flows.label_dataset import _pool_size as n; "
                                  "print(n())"], env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert int(online.stdout) >= 2, online.stderr  # the orchestrator and the survivor (the dead one until it times out)
         shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(out)]
@@ -107,6 +112,58 @@ def test_a_shard_whose_worker_died_before_starting_it_is_crashed_by_the_parent(f
             in crashed[0]["message"]
         assert sum(r["state"] == "COMPLETED" for r in shard_runs) == 3
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+def _when_the_server_answers(condition):
+    """``condition``, or None while the Prefect server is down (it is being started again)."""
+    def check():
+        try:
+            return condition()
+        except RuntimeError:
+            return None
+    return check
+
+
+def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(folder, reference, tiny_model_name,
+                                                                        tmp_path):
+    """SIGKILL of the Prefect server mid-shard: scripts/serve starts it again. The shard run the server last
+    saw RUNNING reports nothing more (its end was sent to a dead server), so the parent marks it crashed after
+    stall_seconds (40) and submits it again; the new run finds its images done. Bound: 300 s after the kill."""
+    with ServeStack(tmp_path / "prefect", shard_workers=1) as stack:
+        out = tmp_path / "run"
+        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=40))
+        stack.wait_until(lambda: len(list((out / "records").rglob("*.json"))) >= 2 if out.exists() else False, 240,
+                         "two images labeled", poll=0.5)
+        stack.served("prefect", "server", "start").kill()
+        parent = stack.wait_until(_when_the_server_answers(lambda: final_parent(stack, out)), 300,
+                                  "the parent to finish after the server restart", poll=3)
+        assert parent["state"] == "COMPLETED", parent["message"]
+        assert "the Prefect server exited (status 137); starting it again" in stack.output.read_text()
+        assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+        summary = json.loads((out / "run.json").read_text())
+        assert summary["last_invocation"]["labeled"] == 12  # images of the crashed run count as labeled by this one
+
+
+@pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/initdb"), reason="PostgreSQL is not installed")
+def test_serve_on_postgres_starts_a_dead_orchestrator_worker_again(folder, reference, tiny_model_name):
+    home = Path(tempfile.mkdtemp(prefix="clearclip-postgres-"))
+    home.chmod(0o755)  # run as root, PostgreSQL runs as user postgres, who must enter PREFECT_HOME
+    try:
+        with ServeStack(home / "prefect", shard_workers=1, database="postgres") as stack:
+            assert "database: PostgreSQL on 127.0.0.1:" in stack.output.read_text()
+            stack.served("worker", "start", "--name orchestrator").kill()
+            stack.wait_until(lambda: "worker orchestrator exited (status 137); starting it again"
+                             in stack.output.read_text(), 30, "scripts/serve to start the orchestrator again")
+            out = home / "run"
+            stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
+            parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
+            assert parent["state"] == "COMPLETED", parent["message"]
+            assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+            printed = stack.interrupt()
+        assert printed.rstrip().endswith("stopped the workers and the Prefect server")
+        assert not [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _flow_run_process(flow_run_id: str) -> int:
@@ -178,3 +235,12 @@ def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folde
         stack.wait_until(lambda: len([r for r in parent_runs(stack, out) if r["state"] == "COMPLETED"]) == 1, 240,
                          "the resumed run to complete", poll=3)
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+        # a job the worker can never run (a device it lacks) fails its shards once each: no resubmission
+        cuda = tmp_path / "cuda"
+        stack.run_deployment("label-dataset/default", parameters(folder, cuda, tiny_model_name, device="cuda"))
+        parent = stack.wait_until(lambda: final_parent(stack, cuda), 240, "the cuda run to finish", poll=3)
+        assert parent["state"] == "FAILED" and "was refused, last: Refused: device 'cuda' was asked for" in parent["message"]
+        shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(cuda)]
+        manifests = [r["parameters"]["manifest"] for r in shard_runs]
+        assert shard_runs and len(set(manifests)) == len(manifests)  # one run per shard

@@ -3,6 +3,7 @@ run, a growing dataset, retried failures, and a shard far larger than Prefect's 
 
 import inspect
 import json
+import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -213,9 +214,8 @@ def test_a_class_file_edited_between_two_shards_cannot_change_their_vocabulary(p
     assert (out / "annotations.json").read_bytes() == (single / "annotations.json").read_bytes()
 
 
-def test_a_shard_given_another_job_writes_nothing(prefect_harness, folder, tiny_model_name, tmp_path):
-    from clearclip import ClearCLIPError
-    from flows.label_shard import label_shard
+def test_a_shard_given_another_job_is_refused_and_writes_nothing(prefect_harness, folder, tiny_model_name, tmp_path):
+    from flows.label_shard import REFUSED, label_shard
 
     out = tmp_path / "run"
     flow_run(folder, out, tiny_model_name, shard_size=20)
@@ -223,8 +223,9 @@ def test_a_shard_given_another_job_writes_nothing(prefect_harness, folder, tiny_
     for record in (out / "records").rglob("*.json"):
         record.unlink()  # every image needs work again
     other = LabelJob(["background", "sky", "road"], model=tiny_model_name, device="cpu", workers=0, **SMALL)
-    with pytest.raises(ClearCLIPError, match=r"differs from .*config.json \(vocabulary differ\); it wrote nothing"):
-        label_shard(other.resolved().to_dict(), str(folder), str(manifest), str(out))
+    state = label_shard(other.resolved().to_dict(), str(folder), str(manifest), str(out), return_state=True)
+    assert state.is_failed() and state.name == REFUSED  # the parent does not submit it again
+    assert re.search(r"differs from .*config.json \(vocabulary differ\); it wrote nothing", state.message)
     assert not list((out / "records").rglob("*.json"))
 
 
@@ -234,9 +235,12 @@ def test_the_summary_table_keeps_its_shape_whatever_the_names():
     summary = {"run_dir": "r", "images_labeled": 1, "images_listed": 2, "annotations": 3, "images_per_second": 1.0,
                "last_invocation": {"shards": 1}, "annotations_per_class": {"cat | dog": 3},
                "failures": [{"file": "a|b\nc.png", "error": "broken | really"}]}
-    rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("|")]
+    results = {"annotations_file": "r/annotations|.json", "fiftyone_dataset": "clearclip-r", "elapsed_seconds": 12.3}
+    rows = [line for line in summary_markdown(summary, results).splitlines() if line.startswith("|")]
     assert all(line.replace("\\|", "").count("|") == 3 for line in rows), rows
     assert "| cat \\| dog | 3 |" in rows and "| a\\|b\\\\nc.png | broken \\| really |" in rows
+    assert "| annotations file | `r/annotations\\|.json` |" in rows and "| elapsed | 12 s |" in rows
+    assert "| FiftyOne dataset | `clearclip-r` (`clearclip review` opens it) |" in rows
 
 
 def test_shards_are_sized_to_the_workers():

@@ -79,3 +79,17 @@ def test_confidence_thresh_and_no_instances(folder, run, tiny_model_name):
     bare = dataset_of(folder, "fo-model-bare")
     bare.apply_model(ClearCLIPModel(CLASSES, model=tiny_model_name, instances=None, **OPTIONS), label_field="cc")
     assert bare.has_sample_field("cc_segmentation") and not bare.has_sample_field("cc_detections")
+
+
+def test_apply_model_with_workers_skips_a_missing_or_broken_image(folder, tmp_path, tiny_model_name):
+    """An image that fails to load in a data-loader worker fails that sample alone: its error crosses the
+    process boundary intact and the other samples of its batch are labeled."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = dataset_of(folder, "fo-model-broken")
+    dataset.add_samples([fo.Sample(filepath=str(tmp_path / "missing.png")), fo.Sample(filepath=str(broken))])
+    label_samples(dataset, ClearCLIPModel(CLASSES, model=tiny_model_name, **OPTIONS), "clearclip", batch_size=2,
+                  num_workers=2)
+    labeled = {sample.filepath: sample.clearclip_segmentation is not None for sample in dataset}
+    assert not labeled[str(tmp_path / "missing.png")] and not labeled[str(broken)]
+    assert sum(labeled.values()) == 5
