@@ -114,7 +114,10 @@ def control_plane(database: str, workers: int, shards: int, model: str) -> dict:
         wall = time.monotonic() - started
         with get_client(sync_client=True) as client:
             flows = {f.id: f.name for f in client.read_flows()}
-            runs = [r for r in client.read_flow_runs(limit=1000) if flows[r.flow_id] == "label-shard"]
+            runs = []
+            while page := client.read_flow_runs(limit=200, offset=len(runs)):  # the API's largest page
+                runs += page
+            runs = [r for r in runs if flows[r.flow_id] == "label-shard"]
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         serve.wait(timeout=120)

@@ -35,11 +35,13 @@ def run_review(args: argparse.Namespace) -> int:
     from ..review.app import app_environment
 
     app_environment()
-    from ..review.app import launch
+    from ..review.app import check_port_free, launch
     from ..review.sync import load_run
 
     if args.gt is not None and not args.gt.exists():
         raise ClearCLIPError(f"no such ground truth: {args.gt}")
+    if not args.no_launch:
+        check_port_free(args.port, args.address)  # before the load, not after it
     dataset, report = load_run(args.run_dir, args.name, args.gt)
     print(report)
     if not args.no_launch:
@@ -57,7 +59,7 @@ def add_export_parser(subparsers) -> None:
                     "out.\n\n"
                     "  coco   one JSON file: the run's categories and image ids, compressed RLE masks\n"
                     "  yolo   a folder in Ultralytics' segmentation layout: images/, labels/*.txt (normalised "
-                    "polygons), data.yaml\n"
+                    "polygons), data.yaml\n         with train and val (--val-fraction)\n"
                     "  cvat   a folder: labels.xml (CVAT for images 1.1, polygons) and data/\n"
                     "  masks  a folder: data/, labels/*.png (pixel value = class index + 1), classes.txt\n\n"
                     "Polygons are exact pixel contours; every part of a mask is its own polygon and holes are kept "
@@ -74,6 +76,9 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--exclude-tags", nargs="*", default=list(EXCLUDED_TAGS), metavar="T",
                         help=f"leave out samples with any of these tags (default: {' '.join(EXCLUDED_TAGS)})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing COCO output file")
+    parser.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                        help="yolo: this fraction of the images (chosen by a hash of the path, so stable) forms the "
+                             "val split (default: 0, val is the training images)")
     parser.set_defaults(run=run_export)
 
 
@@ -81,7 +86,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..review.formats import export_dataset
 
     images = export_dataset(args.dataset, args.out, args.format, args.field, args.tags, args.exclude_tags,
-                            args.overwrite)
+                            args.overwrite, args.val_fraction)
     print(f"wrote {args.out} ({args.format}): {images} images")
     return 0
 

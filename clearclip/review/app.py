@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
+from ..errors import EnvironmentFailure
 from ..io.pictures import palette
 from .fields import LEAST_CONFIDENT_VIEW, PRED_FIELD, RUN_FIELD, SEGMENTATION_FIELD
 
@@ -50,10 +52,22 @@ class _RemovedOptionNoise(logging.Filter):
         return "App config option has been removed" not in record.getMessage()
 
 
+def check_port_free(port: int, address: str) -> None:
+    """Raise EnvironmentFailure naming the port when something already listens there (FiftyOne would wait,
+    then print a long traceback)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise EnvironmentFailure(f"port {port} on {address} is in use ({error.strerror}); stop what listens "
+                                     "there or give another --port") from None
+
+
 def launch(dataset, port: int = 5151, address: str = "127.0.0.1") -> None:
     """Open the FiftyOne App on the least-confident-first view and serve until interrupted."""
     import fiftyone as fo
 
+    check_port_free(port, address)
     logging.getLogger("fiftyone.core.config").addFilter(_RemovedOptionNoise())
     session = fo.launch_app(dataset, view=dataset.load_saved_view(LEAST_CONFIDENT_VIEW), port=port, address=address,
                             auto=False)

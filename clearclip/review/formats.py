@@ -11,6 +11,8 @@ polygon per part) and the label maps. Read back, every instance has IoU 1.0 with
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,13 +92,23 @@ def _empty_folder(out: Path) -> Path:
     return out
 
 
+def in_val_split(name: str, val_fraction: float) -> bool:
+    """Whether an image goes to the ``val`` split: a hash of its name below ``val_fraction``, so the split of
+    an image never changes between exports."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
 def export_dataset(dataset_name: str, out: str | Path, format: str = "coco", field: str = PRED_FIELD,
                    tags: Sequence[str] | None = None, exclude_tags: Sequence[str] = EXCLUDED_TAGS,
-                   overwrite: bool = False) -> int:
+                   overwrite: bool = False, val_fraction: float = 0.0) -> int:
     """Export the Detections of ``field`` in ``format``; returns the number of images written.
 
-    coco: one JSON file (``out``; an existing file only with ``overwrite``). yolo: ``out/`` in Ultralytics' segmentation layout (images/, labels/*.txt,
-    data.yaml), images linked. cvat: ``out/labels.xml`` (CVAT for images 1.1, polygons) and ``out/data/``.
+    coco: one JSON file (``out``; an existing file only with ``overwrite``). yolo: ``out/`` in Ultralytics'
+    segmentation layout (images/{train,val}, labels/{train,val}/*.txt, ``out/data.yaml`` with ``train`` and
+    ``val``), images linked; ``val_fraction`` of the images (by ``in_val_split``) form ``val``, and with 0
+    ``val`` is the training images; an image's split is stable (its name in the run's dataset folder hashed).
+    cvat: ``out/labels.xml`` (CVAT for images 1.1, polygons) and ``out/data/``.
     masks: ``out/data/``, ``out/labels/*.png`` (pixel value = class index + 1, 0 = background) and
     ``out/classes.txt`` (line i = the class of value i).
     """
@@ -106,18 +118,25 @@ def export_dataset(dataset_name: str, out: str | Path, format: str = "coco", fie
         return export_coco(dataset_name, out, field, tags, exclude_tags, overwrite)[0]
     import fiftyone.utils.cvat as fouc
     import fiftyone.utils.data as foud
-    import fiftyone.utils.yolo as fouy
 
+    if not 0.0 <= val_fraction < 1.0:
+        raise ClearCLIPError(f"--val-fraction must be at least 0 and below 1 (got {val_fraction})")
     out = _empty_folder(Path(out))
     view, classes = _samples(dataset_name, field, tags, exclude_tags)
     if format == "yolo":
-        exporter = fouy.YOLOv5DatasetExporter(str(out), split="train", classes=classes, export_media="symlink",
-                                              yaml_path=str(out / "data.yaml"))
-    elif format == "cvat":
+        return _export_yolo(view, out, field, classes, val_fraction)
+    if format == "cvat":
         exporter = fouc.CVATImageDatasetExporter(str(out), export_media="symlink")
     else:
         targets = {i + 1: name for i, name in enumerate(classes)}
         exporter = foud.ImageSegmentationDirectoryExporter(str(out), export_media="symlink", mask_targets=targets)
+    count = _export_samples(exporter, view, field, classes, format)
+    if format == "masks":
+        (out / "classes.txt").write_text("\n".join(["background", *classes]) + "\n", encoding="utf-8")
+    return count
+
+
+def _export_samples(exporter, view, field: str, classes: list[str], format: str) -> int:
     count = 0
     with exporter:
         exporter.log_collection(view)
@@ -129,8 +148,30 @@ def export_dataset(dataset_name: str, out: str | Path, format: str = "coco", fie
                 label = detection_polylines(sample[field], width, height)
             exporter.export_sample(sample.filepath, label, metadata=sample.metadata)
             count += 1
-    if format == "masks":
-        (out / "classes.txt").write_text("\n".join(["background", *classes]) + "\n", encoding="utf-8")
+    return count
+
+
+def _export_yolo(view, out: Path, field: str, classes: list[str], val_fraction: float) -> int:
+    """Each split through FiftyOne's YOLOv5 exporter into ``out``, then ``data.yaml`` made to hold both splits
+    and no ``path`` (Ultralytics then reads the splits relative to the YAML file, wherever it is moved)."""
+    import fiftyone.utils.yolo as fouy
+    import yaml
+
+    root = view._dataset.info.get("clearclip", {}).get("dataset_dir")  # names relative to it, on any machine
+    ids, filepaths = view.values("id"), view.values("filepath")
+    val = [i for i, path in zip(ids, filepaths) if in_val_split(os.path.relpath(path, root) if root else path, val_fraction)]
+    count = 0
+    for split, samples in (("train", view.exclude(val)), ("val", view.select(val))):
+        if split == "val" and not val:
+            continue
+        exporter = fouy.YOLOv5DatasetExporter(str(out), split=split, classes=classes, export_media="symlink",
+                                              yaml_path="data.yaml")
+        count += _export_samples(exporter, samples, field, classes, "yolo")
+    data_yaml = out / "data.yaml"
+    spec = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
+    spec.pop("path", None)
+    spec.setdefault("val", spec["train"])  # no held-out images: validation on the training images
+    data_yaml.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return count
 
 

@@ -244,3 +244,17 @@ def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folde
         shard_runs = [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(cuda)]
         manifests = [r["parameters"]["manifest"] for r in shard_runs]
         assert shard_runs and len(set(manifests)) == len(manifests)  # one run per shard
+
+        # two deployment runs into one out at once: the second is refused, naming the first; the first completes
+        twice = tmp_path / "twice"
+        stack.run_deployment("label-dataset/default", parameters(folder, twice, tiny_model_name))
+        stack.run_deployment("label-dataset/default", parameters(folder, twice, tiny_model_name))
+        ended = stack.wait_until(lambda: len(runs := [r for r in parent_runs(stack, twice) if r["state"] in
+                                                      ("COMPLETED", "FAILED", "CRASHED")]) == 2 and runs, 300,
+                                 "both runs into one out to end", poll=3)
+        assert sorted(r["state"] for r in ended) == ["COMPLETED", "FAILED"]
+        refused = next(r for r in ended if r["state"] == "FAILED")
+        first = next(r for r in ended if r["state"] == "COMPLETED")
+        assert f"is being labeled by label-dataset flow run '{first['name']}'" in refused["message"]
+        assert json.loads((twice / "run.json").read_text())["last_invocation"]["labeled"] == 12
+        assert (twice / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()

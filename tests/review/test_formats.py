@@ -1,6 +1,8 @@
 """Exports read back with FiftyOne's importers (YOLO, CVAT) or as plain PNGs (masks): every instance comes back
 with its mask, holes, parts, one-pixel-wide lines and single pixels included."""
 
+from pathlib import Path
+
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -117,3 +119,58 @@ def test_export_refuses_a_folder_that_is_not_empty(dataset, tmp_path, capsys):
     (tmp_path / "busy" / "x").touch()
     assert main(["export", dataset.name, "--format", "yolo", "--out", str(tmp_path / "busy")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def check_det_dataset(data_yaml: Path) -> dict:
+    """Ultralytics' documented dataset YAML (docs.ultralytics.com/datasets/segment): ``train`` and ``val``
+    required, relative to ``path`` or, without one, to the YAML's folder; ``names`` a dict from 0; a label file
+    per image under the ``labels`` twin of each ``images`` folder. (Ultralytics 8.4's own check_det_dataset
+    accepts these exports too; it is not installed here, as it replaces FiftyOne's OpenCV build.)"""
+    import yaml
+
+    spec = yaml.safe_load(data_yaml.read_text())
+    assert "train" in spec and "val" in spec, "'train' and 'val' are required in all data YAMLs"
+    assert "path" not in spec  # relative to the YAML: the export can be moved
+    assert list(spec["names"]) == list(range(len(spec["names"])))
+    checked = {"nc": len(spec["names"]), "names": spec["names"]}
+    for split in ("train", "val"):
+        folder = (data_yaml.parent / spec[split]).resolve()
+        images = sorted(folder.glob("*.png"))
+        assert images, f"{split}: no images in {folder}"
+        labels = Path(str(folder).replace("/images/", "/labels/"))
+        assert all((labels / f"{image.stem}.txt").is_file() for image in images)
+        checked[split] = folder
+    return checked
+
+
+def test_yolo_export_is_a_dataset_ultralytics_accepts(tmp_path, monkeypatch):
+    """A relative --out gets data.yaml at its root, with train and val (a stable hashed split), as
+    Ultralytics' dataset YAML schema requires."""
+    images = tmp_path / "images"
+    images.mkdir()
+    dataset = fo.Dataset("formats-yolo-split")
+    dataset.info["clearclip"] = {"categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                                 "dataset_dir": str(images)}  # the split hashes names in it: the same on every machine
+    dataset.save()
+    for i in range(12):
+        Image.fromarray(np.full((HEIGHT, WIDTH, 3), 10 * i, np.uint8)).save(images / f"img{i:02d}.png")
+        ring, label = shapes()[i % 2]
+        dataset.add_sample(fo.Sample(filepath=str(images / f"img{i:02d}.png"),
+                                     pseudo_labels=fo.Detections(detections=[instance(ring, label)])))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exports").mkdir()
+    assert main(["export", dataset.name, "--format", "yolo", "--out", "exports/y", "--val-fraction", "0.3"]) == 0
+    out = tmp_path / "exports" / "y"
+    assert (out / "data.yaml").is_file() and not (out / "exports").exists()
+    train, val = (sorted(p.stem for p in (out / "labels" / split).glob("*.txt")) for split in ("train", "val"))
+    assert val and train and sorted(train + val) == [f"img{i:02d}" for i in range(12)]
+    checked = check_det_dataset(out / "data.yaml")
+    assert checked["nc"] == 2 and checked["names"] == {0: "cat", 1: "dog"}
+    assert Path(checked["val"]) == out / "images" / "val" and Path(checked["train"]) == out / "images" / "train"
+
+    again = tmp_path / "again"
+    assert main(["export", dataset.name, "--format", "yolo", "--out", str(again), "--val-fraction", "0.3"]) == 0
+    assert sorted(p.stem for p in (again / "labels" / "val").glob("*.txt")) == val  # the split is stable
+    whole = tmp_path / "whole"
+    assert main(["export", dataset.name, "--format", "yolo", "--out", str(whole)]) == 0
+    assert Path(check_det_dataset(whole / "data.yaml")["val"]) == whole / "images" / "train"

@@ -83,3 +83,13 @@ def test_the_export_operator_writes_nowhere_but_its_export_folder(tmp_path, monk
         with pytest.raises(ExecutionError, match="outside the export folder"):
             foo.execute_operator(EXPORT, ctx={"view": dataset.view(), "params": {"path": path}})
     assert victim.read_text() == "precious"
+
+
+def test_a_label_run_without_the_form_uses_the_forms_defaults(tmp_path):
+    """No 'pretrained' given (a script, or an older form): the OpenAI weights the form shows are asked for,
+    never random ones; they cannot be fetched offline, so the run says so."""
+    dataset = dataset_of(tmp_path / "data", 2, "plugin-defaults")
+    with pytest.raises(ExecutionError, match="could not load ViT-B-16 with weights 'openai'"):
+        foo.execute_operator(LABEL, ctx={"view": dataset.view(), "params": {"classes": "sky\ngrass\n",
+                                                                           "options": OPTIONS}})
+    assert not dataset.has_sample_field("clearclip_segmentation")

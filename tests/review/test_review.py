@@ -5,6 +5,7 @@ mask placement against FiftyOne's Detection.to_segmentation: never against our o
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -472,3 +473,16 @@ def test_coco_ground_truth_without_annotations_or_of_other_sizes(run_dir, annota
     assert main(["review", str(run_dir), "--no-launch", "--name", "review-gt-size", "--gt", str(tmp_path / "gt.json")]) == 2
     err = capsys.readouterr().err
     assert f"is 999x{gt['images'][0]['height']} there but 64x48 in the run: not the same image" in err
+
+
+def test_a_busy_app_port_is_one_line_before_the_load(run_dir, capsys):
+    import fiftyone as fo
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["review", str(run_dir), "--port", str(port), "--name", "busy-port-review"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clearclip: error: port {port} on 127.0.0.1 is in use") and "--port" in err
+    assert len(err.splitlines()) == 1 and not fo.dataset_exists("busy-port-review")  # refused before loading

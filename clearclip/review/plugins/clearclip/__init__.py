@@ -8,6 +8,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 IMMEDIATE_LIMIT = 20  # more samples than this are labeled as a delegated operation (fiftyone delegated launch)
+LABEL_DEFAULTS = {"label_field": "clearclip", "model": "ViT-B-16", "pretrained": "openai", "min_score": 0.0,
+                  "min_area_fraction": 0.001, "background_threshold": 0.0}  # the form's, and a run's without it
 
 
 def _target(ctx):
@@ -29,13 +31,16 @@ class LabelWithClearCLIP(foo.Operator):
         inputs.str("classes", label="Classes", required=True, view=types.TextFieldView(multiline=True),
                    description="one class a line; commas separate synonyms (person, man); a first line "
                                "'background' makes class 0 background")
-        inputs.str("label_field", label="Field", default="clearclip",
+        inputs.str("label_field", label="Field", default=LABEL_DEFAULTS["label_field"],
                    description="results go to <field>_segmentation and <field>_detections")
-        inputs.str("model", label="Model", default="ViT-B-16")
-        inputs.str("pretrained", label="Weights", default="openai")
-        inputs.float("min_score", label="Minimum region score", default=0.0)
-        inputs.float("min_area_fraction", label="Minimum region area (fraction of the image)", default=0.001)
-        inputs.float("background_threshold", label="Background threshold", default=0.0)
+        inputs.str("model", label="Model", default=LABEL_DEFAULTS["model"])
+        inputs.str("pretrained", label="Weights", default=LABEL_DEFAULTS["pretrained"],
+                   description="an open_clip tag or a checkpoint file; empty: random weights (tests only)")
+        inputs.float("min_score", label="Minimum region score", default=LABEL_DEFAULTS["min_score"])
+        inputs.float("min_area_fraction", label="Minimum region area (fraction of the image)",
+                     default=LABEL_DEFAULTS["min_area_fraction"])
+        inputs.float("background_threshold", label="Background threshold",
+                     default=LABEL_DEFAULTS["background_threshold"])
         return types.Property(inputs)
 
     def resolve_delegation(self, ctx):
@@ -44,16 +49,13 @@ class LabelWithClearCLIP(foo.Operator):
     def execute(self, ctx):
         from clearclip.review.model import ClearCLIPModel, label_samples
 
-        params = ctx.params
+        params = {**LABEL_DEFAULTS, **ctx.params}  # a run without the form gets the form's defaults
         classes = [line.strip() for line in params["classes"].splitlines() if line.strip()]
-        model = ClearCLIPModel(classes, model=params.get("model", "ViT-B-16"),
-                               pretrained=params.get("pretrained") or None,
-                               background_threshold=params.get("background_threshold", 0.0),
-                               min_score=params.get("min_score", 0.0),
-                               min_area_fraction=params.get("min_area_fraction", 0.001),
-                               **params.get("options", {}))
+        model = ClearCLIPModel(classes, model=params["model"], pretrained=params["pretrained"] or None,
+                               background_threshold=params["background_threshold"], min_score=params["min_score"],
+                               min_area_fraction=params["min_area_fraction"], **params.get("options", {}))
         target = _target(ctx)
-        label_samples(target, model, params.get("label_field", "clearclip"))
+        label_samples(target, model, params["label_field"])
         if not ctx.delegated:
             ctx.ops.reload_dataset()
         return {"labeled": len(target)}
