@@ -94,6 +94,7 @@ def start_serve(env: dict) -> subprocess.Popen:
 def control_plane(database: str, workers: int, shards: int, model: str) -> dict:
     """One run of ``shards`` one-image shards on ``workers`` shard workers of scripts/serve on ``database``."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-{database}-"))
     home.chmod(0o755)  # PostgreSQL runs as user postgres when this runs as root
@@ -101,7 +102,6 @@ def control_plane(database: str, workers: int, shards: int, model: str) -> dict:
     data.mkdir()
     write_images(data, shards)
     env = serve_env(home / "prefect", DATABASE=database, SHARD_WORKERS=str(workers))
-    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
     serve = start_serve(env)
     try:
         parameters = {"dataset": str(data), "classes": ["background", "sky", "grass", "road"], "out": str(out),
@@ -112,7 +112,7 @@ def control_plane(database: str, workers: int, shards: int, model: str) -> dict:
                        env=env, check=True, capture_output=True)
         wait_for(lambda: (out / "run.json").exists(), 3600, f"the {database} run")
         wall = time.monotonic() - started
-        with get_client(sync_client=True) as client:
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
             flows = {f.id: f.name for f in client.read_flows()}
             runs = []
             while page := client.read_flow_runs(limit=200, offset=len(runs)):  # the API's largest page

@@ -2,7 +2,8 @@
 
 Fields per sample (names in ``fields``):
 - ``pseudo_labels``: what reviewers edit (delete, relabel, add) and ``clearclip export`` writes;
-- ``pseudo_labels_run``: the run's pseudo-labels as the run wrote them, read-only in the App;
+- ``pseudo_labels_run``: the run's pseudo-labels as the run wrote them, read-only in the App
+  (``set_label_schemas``: the Annotate panel edits ``pseudo_labels`` only);
 - ``pseudo_segmentation`` (the label map on disk), ``min_confidence``, ``mean_confidence``,
   ``coco_image_id``, ``file_name``; with ground truth, ``ground_truth`` or ``ground_truth_segmentation``.
 Every detection carries ``run_index``, its position among the run's annotations of its image.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import ijson
@@ -116,27 +116,27 @@ def _editable_copy(run_labels):
     return fo.Detections(detections=[detection.copy() for detection in run_labels.detections])
 
 
-@contextmanager
-def _writable(dataset, field: str):
-    """Let the tool write a field that is read-only for reviewers."""
-    schema_field = dataset.get_field(field)
-    if schema_field is None or not schema_field.read_only:
-        yield
-        return
-    schema_field.read_only = False
-    schema_field.save()
-    try:
-        yield
-    finally:
-        schema_field.read_only = True
-        schema_field.save()
-
-
-def _make_run_field_read_only(dataset) -> None:
-    field = dataset.get_field(RUN_FIELD)
-    if field is not None and not field.read_only:
-        field.read_only = True
-        field.save()
+def set_label_schemas(dataset, class_names: list[str]) -> None:
+    """Set up FiftyOne's Annotate panel: ``pseudo_labels`` editable and active, its classes the run's (first)
+    and any a reviewer added, confidence read-only; ``pseudo_labels_run`` read-only. The originals are
+    read-only through their label schema, not the field schema: a read-only label field breaks FiftyOne
+    1.22's schema generation (it types the field 'str'), so the panel would never load."""
+    run_field = dataset.get_field(RUN_FIELD)
+    if run_field.read_only:  # set so by earlier versions
+        run_field.read_only = False
+        run_field.save()
+    schemas = dataset.label_schemas
+    editable = schemas.get(PRED_FIELD) or dataset.generate_label_schemas(fields=PRED_FIELD, scan_samples=False)
+    editable["classes"] = list(dict.fromkeys([*class_names, *editable.get("classes", [])]))
+    editable["component"] = "radio" if len(editable["classes"]) <= 5 else "dropdown"
+    for attribute in editable.get("attributes", []):
+        if attribute["name"] == "confidence":
+            attribute["read_only"] = True  # the model's score: a reviewer's box has none
+    originals = dataset.generate_label_schemas(fields=RUN_FIELD, scan_samples=False)
+    originals["read_only"] = True
+    dataset.set_label_schemas({**schemas, PRED_FIELD: editable, RUN_FIELD: originals})
+    others = [field for field in dataset.active_label_schemas if field not in (PRED_FIELD, RUN_FIELD)]
+    dataset.active_label_schemas = [PRED_FIELD, *others]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -233,29 +233,28 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     run_hashes = dict(zip(*dataset.values(["id", RUN_HASH_FIELD])))
     counts: Counter[str] = Counter()
     try:
-        with _writable(dataset, RUN_FIELD):  # once for the whole load: each change reloads samples in memory
-            for batch in batched(iter_coco_images(path)):
-                new, image_ids, changed = [], {}, {}
-                for image, annotations in batch:
-                    filepath = str((dataset_dir / checked_name(image.get("file_name"), path)).resolve())
-                    sample_id = existing.pop(filepath, None)
-                    if sample_id is None:
-                        new.append((filepath, image, annotations))
-                        continue
-                    image_ids[sample_id] = image["id"]
-                    if run_hashes.get(sample_id) != annotations_hash(annotations):
-                        changed[sample_id] = (image, annotations)
-                if new:
-                    _add_new_samples(dataset, new, classes_map, folder)
-                    counts["added"] += len(new)
-                if image_ids:
-                    dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
-                    counts["unchanged"] += len(image_ids) - len(changed)
-                if changed:
-                    _apply_run_changes(dataset, changed, classes_map, folder, counts)
+        for batch in batched(iter_coco_images(path)):
+            new, image_ids, changed = [], {}, {}
+            for image, annotations in batch:
+                filepath = str((dataset_dir / checked_name(image.get("file_name"), path)).resolve())
+                sample_id = existing.pop(filepath, None)
+                if sample_id is None:
+                    new.append((filepath, image, annotations))
+                    continue
+                image_ids[sample_id] = image["id"]
+                if run_hashes.get(sample_id) != annotations_hash(annotations):
+                    changed[sample_id] = (image, annotations)
+            if new:
+                _add_new_samples(dataset, new, classes_map, folder)
+                counts["added"] += len(new)
+            if image_ids:
+                dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
+                counts["unchanged"] += len(image_ids) - len(changed)
+            if changed:
+                _apply_run_changes(dataset, changed, classes_map, folder, counts)
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
-    _make_run_field_read_only(dataset)
+    set_label_schemas(dataset, [c["name"] for c in categories])
     if existing:
         dataset.select(list(existing.values())).tag_samples(NOT_IN_RUN_TAG)
         counts["not in the run (tagged not-in-run)"] += len(existing)

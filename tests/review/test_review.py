@@ -89,7 +89,7 @@ def test_load_run_matches_annotations(run_dir, annotations):
         if own:
             assert sample.min_confidence == min(a["score"] for a in own)
         assert sample.pseudo_segmentation.get_mask().shape == (sample.metadata.height, sample.metadata.width)
-    assert dataset.get_field(RUN_FIELD).read_only
+    assert dataset.label_schemas[RUN_FIELD]["read_only"] and dataset.active_label_schemas == [PRED_FIELD]
     assert dataset.mask_targets["pseudo_segmentation"][0] == "background"
     values = [v for v in dataset.load_saved_view(LEAST_CONFIDENT_VIEW).values("min_confidence") if v is not None]
     assert values == sorted(values)
@@ -172,7 +172,7 @@ def test_an_interrupted_load_is_finished_by_the_next(run_dir, annotations, monke
     dataset, report = load_run(run_dir, name=name)
     count = len(annotations["images"])
     assert len(dataset) == count and f"{count} refreshed" in report
-    assert not dataset.match_tags(RUN_CHANGED_TAG) and dataset.get_field(RUN_FIELD).read_only
+    assert not dataset.match_tags(RUN_CHANGED_TAG) and dataset.label_schemas[RUN_FIELD]["read_only"]
     assert dataset.count(f"{PRED_FIELD}.detections") == dataset.count(f"{RUN_FIELD}.detections") \
         == len(annotations["annotations"])
 
@@ -486,3 +486,21 @@ def test_a_busy_app_port_is_one_line_before_the_load(run_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"clearclip: error: port {port} on 127.0.0.1 is in use") and "--port" in err
     assert len(err.splitlines()) == 1 and not fo.dataset_exists("busy-port-review")  # refused before loading
+
+
+def test_the_annotate_panel_gets_the_runs_schema(run_dir, annotations):
+    """FiftyOne's own operator that the App's Annotate panel calls when it opens: it used to fail on the
+    originals' field ("invalid type 'str' for pseudo_labels_run"); now it lists pseudo_labels as the active,
+    editable field with the run's classes, and the originals read-only."""
+    import fiftyone.operators as foo
+
+    dataset, _ = load_run(run_dir, name="review-annotate-schema")
+    result = foo.execute_operator("@voxel51/operators/get_label_schemas", ctx={"dataset": dataset.name}).result
+    assert result["active_label_schemas"] == [PRED_FIELD]
+    editable = result["label_schemas"][PRED_FIELD]["label_schema"]
+    assert editable["classes"] == [c["name"] for c in annotations["categories"]] and not editable.get("read_only")
+    assert next(a for a in editable["attributes"] if a["name"] == "confidence")["read_only"]
+    assert result["label_schemas"][RUN_FIELD]["label_schema"]["read_only"]
+    dataset.set_label_schemas({**dataset.label_schemas, PRED_FIELD: {**editable, "classes": [*editable["classes"], "kite"]}})
+    again, _ = load_run(run_dir, name="review-annotate-schema")  # a reviewer's added class is kept
+    assert again.label_schemas[PRED_FIELD]["classes"][-1] == "kite"

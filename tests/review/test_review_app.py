@@ -3,6 +3,7 @@ by class, a sample, and clearclip's operators in the App's operator list. With C
 the screenshots replace those in docs/."""
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -75,3 +76,56 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
         assert (tmp_path / shot).stat().st_size > 20_000
         if os.environ.get("CLEARCLIP_UPDATE_SCREENSHOTS"):
             shutil.copy(tmp_path / shot, ROOT / "docs" / shot)
+
+
+def _patch(url: str, body, if_match: str) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PATCH",
+                                     headers={"Content-Type": "application/json-patch+json", "If-Match": if_match})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_edits_saved_through_the_app_survive_review_again(tmp_path, tiny_model_name):
+    """A relabel and a delete sent to the App's server as its Annotate panel sends them (JSON patches of one
+    detection of pseudo_labels) are in the dataset, and stay there when `review` runs again."""
+    import fiftyone as fo
+
+    from clearclip.review.fields import PRED_FIELD
+
+    run = tmp_path / "run"
+    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
+                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    port, name = free_port(), "app-edit-run"
+    log = tmp_path / "review.log"
+    app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
+                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert app.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the App did not start"
+                time.sleep(0.5)
+        dataset = fo.load_dataset(name)
+        relabeled, deleted = [s for s in dataset.sort_by("filepath") if len(s[PRED_FIELD].detections) >= 2][:2]
+        classes = dataset.label_schemas[PRED_FIELD]["classes"]
+        target = relabeled[PRED_FIELD].detections[0]
+        new_label = next(c for c in classes if c != target.label)
+        base = f"http://127.0.0.1:{port}/dataset/{dataset._doc.id}/sample"
+        _patch(f"{base}/{relabeled.id}/{PRED_FIELD}.detections/{target.id}",
+               [{"op": "replace", "path": "/label", "value": new_label}], relabeled.last_modified_at.isoformat())
+        gone = deleted[PRED_FIELD].detections[0]
+        _patch(f"{base}/{deleted.id}/{PRED_FIELD}.detections/{gone.id}", [{"op": "remove", "path": "/"}],
+               deleted.last_modified_at.isoformat())
+    finally:
+        kill_tree(app, sig_kill=False)
+
+    assert main(["review", str(run), "--name", name, "--no-launch"]) == 0
+    dataset = fo.load_dataset(name)
+    after = dataset[relabeled.id][PRED_FIELD].detections
+    assert after[0].id == target.id and after[0].label == new_label
+    remaining = [d.id for d in dataset[deleted.id][PRED_FIELD].detections]
+    assert gone.id not in remaining and len(remaining) == len(deleted[PRED_FIELD].detections) - 1
