@@ -3,14 +3,16 @@ served on 127.0.0.1 until interrupted."""
 
 from __future__ import annotations
 
+import colorsys
+import hashlib
 import logging
 import os
 import socket
 from pathlib import Path
 
 from ..errors import EnvironmentFailure
-from ..io.pictures import palette
-from .fields import LEAST_CONFIDENT_VIEW, PRED_FIELD, RUN_FIELD, SEGMENTATION_FIELD
+from .fields import (FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, RUN_FIELD, RUN_HASH_FIELD,
+                     SEGMENTATION_FIELD, TO_REVIEW_VIEW, WRITTEN_HASH_FIELD)
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"  # installed with the package: the folder FiftyOne scans
 
@@ -23,14 +25,23 @@ def app_environment() -> None:
         os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(PLUGINS_DIR))
 
 
+def class_color(name: str) -> str:
+    """The colour of a class, from its name alone: the same class has the same colour in every run, whatever
+    its place in the class list (a hash of the name picks the hue; saturation and brightness stay readable)."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    hue = int.from_bytes(digest[:4], "big") / 2**32
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65 + 0.3 * digest[4] / 255, 0.75 + 0.2 * digest[5] / 255)
+    return "#%02x%02x%02x" % (round(r * 255), round(g * 255), round(b * 255))
+
+
 def class_colors(names: list[str]) -> dict[str, str]:
-    """A stable colour per class name: the same class has the same colour in every run and view."""
-    colors = palette(len(names) + 1)[1:]
-    return {name: "#%02x%02x%02x" % tuple(int(c) for c in color) for name, color in zip(names, colors)}
+    """``class_color`` of each name."""
+    return {name: class_color(name) for name in names}
 
 
 def app_config(dataset, categories: list[dict]) -> None:
-    """Colour labels by class, the label map by value; show the editable labels and the label map."""
+    """Colour labels by class, the label map by value; show the editable detections (the label map, which
+    covers every pixel, is a click away); group the fields a reviewer uses first and fold the tool's own."""
     import fiftyone as fo
 
     colors = class_colors([c["name"] for c in categories])
@@ -41,7 +52,13 @@ def app_config(dataset, categories: list[dict]) -> None:
         {"path": SEGMENTATION_FIELD, "maskTargetsColors": [{"intTarget": c["id"], "color": colors[c["name"]]}
                                                            for c in categories]},
     ])
-    dataset.app_config.active_fields = fo.ActiveFields(paths=[PRED_FIELD, SEGMENTATION_FIELD])
+    dataset.app_config.active_fields = fo.ActiveFields(paths=[PRED_FIELD])
+    dataset.app_config.sidebar_groups = [
+        fo.SidebarGroupDocument(name="review", paths=["tags", PRED_FIELD, SEGMENTATION_FIELD, "min_confidence",
+                                                      "mean_confidence", FILE_NAME_FIELD]),
+        fo.SidebarGroupDocument(name="clearclip internals", expanded=False,
+                                paths=[RUN_FIELD, RUN_HASH_FIELD, WRITTEN_HASH_FIELD, IMAGE_ID_FIELD]),
+    ]
 
 
 class _RemovedOptionNoise(logging.Filter):
@@ -64,12 +81,12 @@ def check_port_free(port: int, address: str) -> None:
 
 
 def launch(dataset, port: int = 5151, address: str = "127.0.0.1") -> None:
-    """Open the FiftyOne App on the least-confident-first view and serve until interrupted."""
+    """Open the FiftyOne App on the to-review view (least confident first) and serve until interrupted."""
     import fiftyone as fo
 
     check_port_free(port, address)
     logging.getLogger("fiftyone.core.config").addFilter(_RemovedOptionNoise())
-    session = fo.launch_app(dataset, view=dataset.load_saved_view(LEAST_CONFIDENT_VIEW), port=port, address=address,
+    session = fo.launch_app(dataset, view=dataset.load_saved_view(TO_REVIEW_VIEW), port=port, address=address,
                             auto=False)
     print(f"FiftyOne App: http://{address}:{port}/datasets/{dataset.name}  (Ctrl-C stops it)", flush=True)
     session.wait(-1)

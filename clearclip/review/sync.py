@@ -36,10 +36,14 @@ from .fields import (
     LEAST_CONFIDENT_VIEW,
     NOT_IN_RUN_TAG,
     PRED_FIELD,
+    REJECTED_TAG,
+    REVIEWED_TAG,
+    REVIEWED_VIEW,
     RUN_CHANGED_TAG,
     RUN_FIELD,
     RUN_HASH_FIELD,
     SEGMENTATION_FIELD,
+    TO_REVIEW_VIEW,
     WRITTEN_HASH_FIELD,
     batched,
     to_detection,
@@ -225,7 +229,6 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     dataset.mask_targets = {**dataset.mask_targets, SEGMENTATION_FIELD: {0: "background", **classes_map}}
     dataset.info["clearclip"] = {"run_dir": str(run_dir.resolve()), "dataset_dir": str(dataset_dir),
                                  "categories": categories, "info": info}
-    app_config(dataset, categories)
     dataset.save()
 
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
@@ -255,14 +258,33 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
     set_label_schemas(dataset, [c["name"] for c in categories])
+    app_config(dataset, categories)  # after the load: it names the fields the samples brought
+    dataset.save()
     if existing:
         dataset.select(list(existing.values())).tag_samples(NOT_IN_RUN_TAG)
         counts["not in the run (tagged not-in-run)"] += len(existing)
 
+    reviewed = len(dataset.match_tags(REVIEWED_TAG))
     lines = [f"FiftyOne dataset '{dataset.name}': {len(dataset)} samples, "
-             f"{dataset.count(PRED_FIELD + '.detections')} pseudo-labels; "
+             f"{dataset.count(PRED_FIELD + '.detections')} pseudo-labels, {reviewed} of {len(dataset)} reviewed; "
              + ", ".join(f"{value} {key}" for key, value in counts.items() if value)]
     if gt is not None:
         lines.append(load_ground_truth(dataset, Path(gt)))
-    dataset.save_view(LEAST_CONFIDENT_VIEW, dataset.sort_by("min_confidence"), overwrite=True)
+    save_review_views(dataset)
     return dataset, "\n".join(lines)
+
+
+def save_review_views(dataset) -> None:
+    """The saved views a reviewer works through (``to-review`` first), the index their sort uses, and the
+    dataset's description saying how to review."""
+    dataset.create_index("min_confidence")
+    by_confidence = dataset.sort_by("min_confidence")
+    dataset.save_view(LEAST_CONFIDENT_VIEW, by_confidence, overwrite=True)
+    dataset.save_view(TO_REVIEW_VIEW, by_confidence.match_tags([REVIEWED_TAG, REJECTED_TAG], bool=False),
+                      description="least confident first, not yet tagged reviewed or rejected", overwrite=True)
+    dataset.save_view(REVIEWED_VIEW, dataset.match_tags(REVIEWED_TAG), overwrite=True)
+    dataset.description = (f"clearclip run {dataset.info['clearclip']['run_dir']}. Edit '{PRED_FIELD}' (Annotate "
+                           f"panel: relabel, delete, draw); tag a sample '{REVIEWED_TAG}' when done, or "
+                           f"'{REJECTED_TAG}' to leave it out of exports. Saved view '{TO_REVIEW_VIEW}' shows "
+                           "what is left, least confident first.")
+    dataset.save()

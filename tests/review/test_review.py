@@ -504,3 +504,38 @@ def test_the_annotate_panel_gets_the_runs_schema(run_dir, annotations):
     dataset.set_label_schemas({**dataset.label_schemas, PRED_FIELD: {**editable, "classes": [*editable["classes"], "kite"]}})
     again, _ = load_run(run_dir, name="review-annotate-schema")  # a reviewer's added class is kept
     assert again.label_schemas[PRED_FIELD]["classes"][-1] == "kite"
+
+
+def test_the_app_opens_on_the_detections_with_colours_from_class_names(run_dir, annotations):
+    from clearclip.review.app import class_colors
+
+    dataset, _ = load_run(run_dir, name="review-app-config")
+    names = [c["name"] for c in annotations["categories"]]
+    colors = {v["value"]: v["color"] for f in dataset.app_config.color_scheme.fields if f["path"] == PRED_FIELD
+              for v in f["valueColors"]}
+    assert colors == class_colors(names)
+    assert class_colors(["person", *names])[names[0]] == colors[names[0]]  # not by place in the class list
+    assert len(set(colors.values())) == len(colors)
+    assert dataset.app_config.active_fields.paths == [PRED_FIELD]  # the label map covers every pixel: off
+    groups = {g.name: g for g in dataset.app_config.sidebar_groups}
+    assert not groups["clearclip internals"].expanded and RUN_HASH_FIELD in groups["clearclip internals"].paths
+    assert PRED_FIELD in groups["review"].paths
+
+
+def test_reviewed_samples_leave_the_to_review_view_and_are_counted(run_dir, annotations):
+    from clearclip.review.fields import REVIEWED_TAG, REVIEWED_VIEW, TO_REVIEW_VIEW
+
+    dataset, report = load_run(run_dir, name="review-progress")
+    total = len(annotations["images"])
+    assert f"0 of {total} reviewed" in report
+    done = dataset.sort_by("min_confidence").first()
+    done.tags.append(REVIEWED_TAG)
+    done.save()
+    dataset, report = load_run(run_dir, name="review-progress")
+    assert f"1 of {total} reviewed" in report
+    to_review = dataset.load_saved_view(TO_REVIEW_VIEW)
+    assert done.id not in to_review.values("id") and len(to_review) == total - 1
+    values = [v for v in to_review.values("min_confidence") if v is not None]
+    assert values == sorted(values)
+    assert dataset.load_saved_view(REVIEWED_VIEW).values("id") == [done.id]
+    assert "min_confidence" in dataset.list_indexes() and f"'{REVIEWED_TAG}'" in dataset.description
