@@ -36,7 +36,9 @@ def run_review(args: argparse.Namespace) -> int:
 
     app_environment()
     from ..review.app import check_port_free, launch
+    from ..review.decisions import save_decisions
     from ..review.sync import load_run
+    from ..run.folder import RunFolder
 
     if args.gt is not None and not args.gt.exists():
         raise ClearCLIPError(f"no such ground truth: {args.gt}")
@@ -45,7 +47,11 @@ def run_review(args: argparse.Namespace) -> int:
     dataset, report = load_run(args.run_dir, args.name, args.gt)
     print(report)
     if not args.no_launch:
-        launch(dataset, port=args.port, address=args.address)
+        try:
+            launch(dataset, port=args.port, address=args.address)
+        finally:  # Ctrl-C ends a session: what the reviewers did goes into the run folder
+            images = save_decisions(dataset, args.run_dir)
+            print(f"saved the review's decisions ({images} images) to {RunFolder(args.run_dir).decisions_path}")
     return 0
 
 

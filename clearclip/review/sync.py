@@ -30,6 +30,7 @@ from ..errors import ClearCLIPError
 from ..run.folder import RunFolder
 from ..run.paths import checked_name
 from .app import app_config
+from .decisions import apply_decisions, mark_written, read_decisions, save_decisions
 from .fields import (
     FILE_NAME_FIELD,
     IMAGE_ID_FIELD,
@@ -162,8 +163,8 @@ def _declare_fields(dataset) -> None:
             dataset.add_sample_field(field, fo.StringField)
 
 
-def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_map, folder) -> None:
-    """Add samples for ``(filepath, image, annotations)`` of images new to the dataset.
+def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_map, folder) -> list[str]:
+    """Add samples for ``(filepath, image, annotations)`` of images new to the dataset; returns their ids.
 
     The samples go in without labels, the run's labels follow with ``set_values`` and the editable copy is
     made inside the database: ``add_samples`` with labels re-reads every sample it writes, 4x the time. The
@@ -181,6 +182,7 @@ def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_m
     dataset.select(ids).set_field(PRED_FIELD, F(RUN_FIELD)).save(PRED_FIELD)  # the same labels, ids included
     dataset.set_values(WRITTEN_HASH_FIELD, dict(zip(ids, map(detections_hash, labels))), key_field="id")
     dataset.set_values(RUN_HASH_FIELD, dict(zip(ids, hashes)), key_field="id")
+    return ids
 
 
 def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], classes_map, folder, counts) -> None:
@@ -224,7 +226,13 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
     name = name or default_dataset_name(run_dir)
-    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    if fo.dataset_exists(name):
+        dataset = fo.load_dataset(name)
+        if dataset.has_field(RUN_FIELD):
+            save_decisions(dataset, run_dir)  # what reviewers did since the last load, before the load changes it
+    else:
+        dataset = fo.Dataset(name, persistent=True)
+    decisions = read_decisions(run_dir)
     dataset.persistent = True
     dataset.mask_targets = {**dataset.mask_targets, SEGMENTATION_FIELD: {0: "background", **classes_map}}
     dataset.info["clearclip"] = {"run_dir": str(run_dir.resolve()), "dataset_dir": str(dataset_dir),
@@ -248,8 +256,11 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
                 if run_hashes.get(sample_id) != annotations_hash(annotations):
                     changed[sample_id] = (image, annotations)
             if new:
-                _add_new_samples(dataset, new, classes_map, folder)
+                new_ids = _add_new_samples(dataset, new, classes_map, folder)
                 counts["added"] += len(new)
+                applied, missed = apply_decisions(dataset, new_ids, decisions)
+                counts[f"with decisions from {folder.decisions_path.name}"] += applied
+                counts["saved decisions about regions this run no longer has (not applied)"] += missed
             if image_ids:
                 dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
                 counts["unchanged"] += len(image_ids) - len(changed)
@@ -270,6 +281,7 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
              + ", ".join(f"{value} {key}" for key, value in counts.items() if value)]
     if gt is not None:
         lines.append(load_ground_truth(dataset, Path(gt)))
+    mark_written(dataset)  # what is modified later is a reviewer's work
     save_review_views(dataset)
     return dataset, "\n".join(lines)
 

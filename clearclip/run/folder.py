@@ -76,6 +76,11 @@ class RunFolder:
     def config_path(self) -> Path:
         return self.root / "config.json"
 
+    @property
+    def decisions_path(self) -> Path:
+        """A review's decisions (``clearclip.review.decisions``), kept with the run and carried by refilter."""
+        return self.root / "review.json"
+
     def inside(self, path: Path) -> Path:
         """``path`` if writing or deleting it stays inside the run folder (see ``paths.contained``)."""
         return contained(self.root, path)

@@ -18,7 +18,7 @@ from ..annotations.coco import CocoWriter, iter_coco_images, read_coco_header
 from ..annotations.record import Annotation
 from ..annotations.thresholds import RegionFilter, load_class_thresholds
 from ..errors import ClearCLIPError
-from ..io.atomic import write_json
+from ..io.atomic import write_json, write_text
 from ..vocabulary import Vocabulary
 from .folder import RunFolder
 
@@ -119,6 +119,8 @@ def refilter_run(source_dir: str | Path, out_dir: str | Path, class_thresholds: 
                 path.unlink()
         raise
     _link_labels(source.labels_dir, out.labels_dir)
+    if source.decisions_path.is_file():  # the review carries over: `review` applies what still applies
+        write_text(out.decisions_path, source.decisions_path.read_text(encoding="utf-8"))
     result = {**{k: summary[k] for k in ("dataset", "images_listed", "failures", "missing") if k in summary},
               "info": new_info, "images_labeled": images, "annotations": annotations,
               "annotations_per_class": kept_per_class, "refiltered_from": str(source.root.resolve())}

@@ -198,6 +198,8 @@ def test_a_parent_killed_mid_run_is_submitted_again_and_merges(folder, reference
         resumes = [r for r in stack.flow_runs() if r["flow"] == "resume-label-dataset"]
         assert [r["state"] for r in resumes] == ["COMPLETED"] and resumes[0]["parameters"]["crashed_run"].endswith(first["id"])
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+        shard_records = [json.loads(p.read_text()) for p in (out / "shards").glob("*.json")]
+        assert sum(r["labeled"] for r in shard_records) == 12  # model work: no image labeled twice
 
 
 def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folder, reference, tiny_model_name,
@@ -235,6 +237,15 @@ def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folde
         stack.wait_until(lambda: len([r for r in parent_runs(stack, out) if r["state"] == "COMPLETED"]) == 1, 240,
                          "the resumed run to complete", poll=3)
         assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+        # a class file that is not there fails the parent before any shard run exists
+        nofile = tmp_path / "nofile"
+        stack.run_deployment("label-dataset/default", {**parameters(folder, nofile, tiny_model_name),
+                                                       "classes": str(tmp_path / "missing-classes.txt")})
+        parent = stack.wait_until(lambda: final_parent(stack, nofile), 120, "the run without classes to fail", poll=2)
+        assert parent["state"] == "FAILED" and "missing-classes.txt" in parent["message"]
+        assert not [r for r in stack.flow_runs() if r["flow"] == "label-shard" and r["parameters"]["out"] == str(nofile)]
+        assert not (nofile / "manifests").exists()
 
         # a job the worker can never run (a device it lacks) fails its shards once each: no resubmission
         cuda = tmp_path / "cuda"
