@@ -124,41 +124,36 @@ def _when_the_server_answers(condition):
     return check
 
 
-def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(folder, reference, tiny_model_name,
-                                                                        tmp_path):
-    """SIGKILL of the Prefect server mid-shard: scripts/serve starts it again. The shard run the server last
-    saw RUNNING reports nothing more (its end was sent to a dead server), so the parent marks it crashed after
-    stall_seconds (40) and submits it again; the new run finds its images done. Bound: 300 s after the kill."""
-    with ServeStack(tmp_path / "prefect", shard_workers=1) as stack:
-        out = tmp_path / "run"
-        stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=40))
-        stack.wait_until(lambda: len(list((out / "records").rglob("*.json"))) >= 2 if out.exists() else False, 240,
-                         "two images labeled", poll=0.5)
-        stack.served("prefect", "server", "start").kill()
-        parent = stack.wait_until(_when_the_server_answers(lambda: final_parent(stack, out)), 300,
-                                  "the parent to finish after the server restart", poll=3)
-        assert parent["state"] == "COMPLETED", parent["message"]
-        assert "the Prefect server exited (status 137); starting it again" in stack.output.read_text()
-        assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
-        summary = json.loads((out / "run.json").read_text())
-        assert summary["last_invocation"]["labeled"] == 12  # images of the crashed run count as labeled by this one
+POSTGRES = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 
-@pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/initdb"), reason="PostgreSQL is not installed")
-def test_serve_on_postgres_starts_a_dead_orchestrator_worker_again(folder, reference, tiny_model_name):
-    home = Path(tempfile.mkdtemp(prefix="clearclip-postgres-"))
+def test_serve_restarts_a_dead_worker_and_a_killed_server_and_the_run_completes(folder, reference, tiny_model_name):
+    """scripts/serve on PostgreSQL when it is installed (SQLite otherwise). SIGKILL of the orchestrator worker:
+    serve starts it again and says so. Then, mid-shard, SIGKILL of the Prefect server: serve starts it again;
+    the shard run the server last saw RUNNING reports nothing more (its end went to a dead server), so the
+    parent, whose polls ride out the outage, marks it crashed after stall_seconds (40) and submits it again;
+    the new run finds its images done. Bound: 300 s after the kill."""
+    home = Path(tempfile.mkdtemp(prefix="clearclip-serve-"))
     home.chmod(0o755)  # run as root, PostgreSQL runs as user postgres, who must enter PREFECT_HOME
     try:
-        with ServeStack(home / "prefect", shard_workers=1, database="postgres") as stack:
-            assert "database: PostgreSQL on 127.0.0.1:" in stack.output.read_text()
+        with ServeStack(home / "prefect", shard_workers=1, database="postgres" if POSTGRES else "sqlite") as stack:
+            if POSTGRES:
+                assert "database: PostgreSQL on 127.0.0.1:" in stack.output.read_text()
             stack.served("worker", "start", "--name orchestrator").kill()
             stack.wait_until(lambda: "worker orchestrator exited (status 137); starting it again"
                              in stack.output.read_text(), 30, "scripts/serve to start the orchestrator again")
             out = home / "run"
-            stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name))
-            parent = stack.wait_until(lambda: final_parent(stack, out), 240, "the parent run to finish", poll=3)
+            stack.run_deployment("label-dataset/default", parameters(folder, out, tiny_model_name, stall_seconds=40))
+            stack.wait_until(lambda: len(list((out / "records").rglob("*.json"))) >= 2 if out.exists() else False,
+                             240, "two images labeled", poll=0.5)
+            stack.served("prefect", "server", "start").kill()
+            parent = stack.wait_until(_when_the_server_answers(lambda: final_parent(stack, out)), 300,
+                                      "the parent to finish after the server restart", poll=3)
             assert parent["state"] == "COMPLETED", parent["message"]
+            assert "the Prefect server exited (status 137); starting it again" in stack.output.read_text()
             assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+            summary = json.loads((out / "run.json").read_text())
+            assert summary["last_invocation"]["labeled"] == 12  # images of the crashed run count as this run's
             printed = stack.interrupt()
         assert printed.rstrip().endswith("stopped the workers and the Prefect server")
         assert not [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]

@@ -23,6 +23,24 @@ pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def start_review(run: Path, name: str, port: int, log: Path, env: dict) -> subprocess.Popen:
+    """`clearclip review` serving the App on ``port``, once it answers."""
+    app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
+                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if app.poll() is not None:
+            raise AssertionError(log.read_text())
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            return app
+        except OSError:
+            if time.monotonic() > deadline:
+                kill_tree(app)
+                raise AssertionError("the App did not start") from None
+            time.sleep(0.5)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
     run = tmp_path / "run"
@@ -31,18 +49,8 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
     port, name = free_port(), "app-check-run"
     log = tmp_path / "review.log"
     env = {k: v for k, v in os.environ.items() if k not in ("FIFTYONE_DO_NOT_TRACK", "FIFTYONE_PLUGINS_DIR")}
-    app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
-                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    app = start_review(run, name, port, log, env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert app.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the App did not start"
-                time.sleep(0.5)
         import fiftyone as fo
 
         sample_id = fo.load_dataset(name).sort_by("mean_confidence").first().id
@@ -96,19 +104,8 @@ def test_edits_saved_through_the_app_survive_review_again(tmp_path, tiny_model_n
     assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
                  "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
     port, name = free_port(), "app-edit-run"
-    log = tmp_path / "review.log"
-    app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
-                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    app = start_review(run, name, port, tmp_path / "review.log", dict(os.environ))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert app.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the App did not start"
-                time.sleep(0.5)
         dataset = fo.load_dataset(name)
         relabeled, deleted = [s for s in dataset.sort_by("filepath") if len(s[PRED_FIELD].detections) >= 2][:2]
         classes = dataset.label_schemas[PRED_FIELD]["classes"]
