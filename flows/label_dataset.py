@@ -7,8 +7,9 @@ run (``manifests/<key>.json``, keyed by its content); its run receives the manif
 job (classes and thresholds as values), which it checks against the run's ``config.json``.
 
 Run as a deployment, each shard becomes a ``label-shard/gpu`` flow run that any worker of pool ``gpu``
-picks up; a shard run that ends FAILED or CRASHED (its worker died and its heartbeats stopped) is
-submitted again, up to ``max_attempts`` times. This run also watches its shards itself: one that stays
+picks up, two in flight per online shard worker; a shard run that ends FAILED or CRASHED (its worker died
+and its heartbeats stopped) is submitted again, up to ``max_attempts`` times, and one that ends REFUSED
+(a job the worker can never run) fails the labeling at once. This run also watches its shards itself: one that stays
 PENDING or RUNNING without a finished image for ``stall_seconds`` (a worker killed between claiming and
 starting it sends no heartbeat; a restarted server forgets them) is marked CRASHED and submitted again.
 Called directly (tests, one machine), shards run here.
