@@ -24,6 +24,7 @@ LEAST_CONFIDENT_VIEW = "least-confident-first"
 TO_REVIEW_VIEW = "to-review"  # least confident first, without samples tagged reviewed or rejected
 REVIEWED_VIEW = "reviewed"
 RUN_CHANGED_TAG = "run-changed"
+RUN_CHANGE_FIELD = "run_change"  # on a run-changed sample: what the run changed under the reviewer's edits
 NOT_IN_RUN_TAG = "not-in-run"
 REJECTED_TAG = "rejected"
 REVIEWED_TAG = "reviewed"

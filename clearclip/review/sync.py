@@ -40,6 +40,7 @@ from .fields import (
     REJECTED_TAG,
     REVIEWED_TAG,
     REVIEWED_VIEW,
+    RUN_CHANGE_FIELD,
     RUN_CHANGED_TAG,
     RUN_FIELD,
     RUN_HASH_FIELD,
@@ -192,6 +193,7 @@ def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], cla
         image, annotations = changed[sample.id]
         values = _sample_values(image, annotations, classes_map, folder)
         untouched = sample[WRITTEN_HASH_FIELD] in (None, detections_hash(sample[PRED_FIELD]))
+        before = len(sample[RUN_FIELD].detections) if sample[RUN_FIELD] else 0
         for key, value in values.items():
             sample[key] = value
         if untouched:
@@ -200,6 +202,9 @@ def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], cla
             counts["refreshed"] += 1
         else:
             sample.tags.append(RUN_CHANGED_TAG)
+            sample[RUN_CHANGE_FIELD] = (f"the run relabeled this image ({before} regions before, "
+                                        f"{len(values[RUN_FIELD].detections)} now, in {RUN_FIELD}); your edits in "
+                                        f"{PRED_FIELD} were kept: compare, then remove the tag {RUN_CHANGED_TAG}")
             counts["edited, kept"] += 1
 
 

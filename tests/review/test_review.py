@@ -142,6 +142,8 @@ def test_rerun_keeps_the_reviewers_edits(tmp_path, tiny_model_name, data_dir):
     assert len(dataset) == 6 and "1 added" in report
     again = dataset[sample.id]
     assert again[PRED_FIELD].detections[0].label == new_name and RUN_CHANGED_TAG in again.tags
+    assert f"regions before, {len(again[RUN_FIELD].detections)} now" in again.run_change
+    assert "run_change" in {p for g in dataset.app_config.sidebar_groups for p in g.paths}
     document = json.loads((run / "annotations.json").read_text())
     fresh = content(document)
     for other in dataset.match_tags(RUN_CHANGED_TAG, bool=False):
