@@ -69,3 +69,36 @@ def write_hostile_folder(root: Path) -> dict:
         "broken": {"truncated.jpg": "truncated", "empty.png": "empty", "not_an_image.jpg": "not an image"},
         "sizes": {"exif_rotated.jpg": (40, 56), "one_pixel.png": (1, 1), "plain.jpg": (56, 40)},  # (width, height)
     }
+
+
+def write_synthetic_run(root: Path, count: int, size=(30, 40), regions: int = 6, classes: int = 5) -> tuple[Path, Path]:
+    """A dataset of ``count`` PNG images in nested folders and its finished run, written by the labeler's own
+    writer (``finish_maps``, then the merge) from Voronoi label maps: no model. Returns (dataset, run folder)."""
+    from clearclip.io.images import ImageFile, scan_images
+    from clearclip.run.finish import finish_maps
+    from clearclip.run.folder import RUN_MARKER, RunFolder
+    from clearclip.run.job import LabelJob
+    from clearclip.run.merge import merge_run
+
+    dataset, run = root / "data", root / "run"
+    height, width = size
+    job = LabelJob(["background"] + [f"class {i}" for i in range(classes)], pretrained=None, min_area=1, min_area_fraction=0.0)
+    config = job.label_config()
+    folder = RunFolder(run)
+    folder.prepare(job.info(config))
+    yy, xx = np.mgrid[:height, :width]
+    for index in range(count):
+        name = f"{index % 3}/{index % 7}/img{index:05d}.png"
+        (dataset / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_image(height, width, index)).save(dataset / name)
+        rng = np.random.default_rng(index)
+        seeds = rng.random((regions, 2)) * (height, width)
+        cell = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+        categories = rng.integers(1, classes + 1, regions)[cell].astype(np.uint8)
+        scores = (0.3 + 0.7 * rng.random(regions)[cell]).astype(np.float32)
+        stat = (dataset / name).stat()
+        finish_maps(folder, ImageFile(name, stat.st_size, stat.st_mtime_ns), categories, scores, config.vocabulary,
+                    config.region_filter, "fp32")
+    listing = scan_images(dataset, exclude=(run,), marker=RUN_MARKER)
+    merge_run(folder, listing.images, config.vocabulary, job.info(config), {"dataset": str(dataset)}, exclusive=True)
+    return dataset, run

@@ -113,6 +113,8 @@ def apply_decisions(dataset, sample_ids: list[str], decisions: dict[str, dict]) 
     import fiftyone as fo
     from fiftyone import ViewField as F
 
+    if not decisions:
+        return 0, 0
     applied = missed = 0
     view = dataset.select(sample_ids).match(F(FILE_NAME_FIELD).is_in(list(decisions)))
     for sample in view.select_fields([PRED_FIELD, FILE_NAME_FIELD]).iter_samples(autosave=True):

@@ -18,7 +18,6 @@ run go through the path gate: a name that is absolute or leaves the dataset is a
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..errors import ClearCLIPError
 from ..run.folder import RunFolder
 from ..run.paths import checked_name
 from .app import app_config
+from .documents import DocumentPipeline, annotations_hash, labels_hash
 from .decisions import apply_decisions, mark_written, read_decisions, save_decisions
 from .fields import (
     FILE_NAME_FIELD,
@@ -47,6 +47,7 @@ from .fields import (
     SEGMENTATION_FIELD,
     TO_REVIEW_VIEW,
     WRITTEN_HASH_FIELD,
+    BATCH,
     batched,
     to_detection,
 )
@@ -59,37 +60,31 @@ def default_dataset_name(run_dir: str | Path) -> str:
     return f"clearclip-{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
-def annotations_hash(annotations: list[dict]) -> str:
-    """A hash of an image's annotations without their ids (ids move when the dataset grows)."""
-    content = [{k: v for k, v in a.items() if k not in ("id", "image_id")} for a in annotations]
-    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
 def detections_hash(detections) -> str:
     """A hash of what a Detections field holds: labels, boxes, confidences and masks."""
-    digest = hashlib.sha1()
-    for detection in detections.detections if detections is not None else []:
-        digest.update(json.dumps([detection.label, [round(v, 6) for v in detection.bounding_box],
-                                  detection.confidence]).encode())
-        if detection.mask is not None:
-            digest.update(detection.mask.tobytes())
-    return digest.hexdigest()
+    return labels_hash((d.label, d.bounding_box, d.confidence, d.mask)
+                       for d in (detections.detections if detections is not None else []))
+
+
+def _records(annotations: list[dict], classes_map: dict[int, str], source: Path) -> list[tuple[Annotation, str]]:
+    """The run's annotations of one image as (record, label); a ClearCLIPError names one that cannot be read."""
+    records = []
+    for annotation in annotations:
+        try:
+            record = Annotation.from_dict(annotation)
+            records.append((record, classes_map[record.category_id]))
+        except (ValueError, KeyError) as error:
+            raise ClearCLIPError(f"{source}: annotation {annotation.get('id')!r} cannot be read ({error}); rerun "
+                                 "clearclip label into this run folder to rewrite it") from None
+    return records
 
 
 def run_detections(annotations: list[dict], classes_map: dict[int, str], source: Path):
     """The run's annotations of one image as FiftyOne Detections (``run_index`` = position in the image)."""
     import fiftyone as fo
 
-    detections = []
-    for index, annotation in enumerate(annotations):
-        try:
-            record = Annotation.from_dict(annotation)
-            label = classes_map[record.category_id]
-        except (ValueError, KeyError) as error:
-            raise ClearCLIPError(f"{source}: annotation {annotation.get('id')!r} cannot be read ({error}); rerun "
-                                 "clearclip label into this run folder to rewrite it") from None
-        detections.append(to_detection(record, label, index))
-    return fo.Detections(detections=detections)
+    return fo.Detections(detections=[to_detection(record, label, index)
+                                     for index, (record, label) in enumerate(_records(annotations, classes_map, source))])
 
 
 def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
@@ -97,7 +92,7 @@ def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
     so that a bad entry stops the load with a message instead of leaving the dataset half-updated."""
     for image, annotations in iter_coco_images(path):
         checked_name(image.get("file_name"), path)
-        run_detections(annotations, classes_map, path)
+        _records(annotations, classes_map, path)
 
 
 def _sample_values(image: dict, annotations: list[dict], classes_map: dict[int, str], folder: RunFolder) -> dict:
@@ -152,38 +147,17 @@ def _not_json(path: Path, run_dir: Path, error: Exception) -> ClearCLIPError:
 
 
 def _declare_fields(dataset) -> None:
-    """The label and hash fields, declared before samples are written: a load interrupted midway leaves
-    them empty in some samples, never missing from the dataset."""
+    """Every field the samples' documents hold, declared before any is written (documents go in directly)."""
     import fiftyone as fo
 
-    for field in (RUN_FIELD, PRED_FIELD):
+    kinds = {RUN_FIELD: (fo.EmbeddedDocumentField, fo.Detections), PRED_FIELD: (fo.EmbeddedDocumentField, fo.Detections),
+             SEGMENTATION_FIELD: (fo.EmbeddedDocumentField, fo.Segmentation), RUN_HASH_FIELD: (fo.StringField, None),
+             WRITTEN_HASH_FIELD: (fo.StringField, None), "min_confidence": (fo.FloatField, None),
+             "mean_confidence": (fo.FloatField, None), IMAGE_ID_FIELD: (fo.IntField, None),
+             FILE_NAME_FIELD: (fo.StringField, None)}
+    for field, (kind, document_type) in kinds.items():
         if not dataset.has_field(field):
-            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    for field in (RUN_HASH_FIELD, WRITTEN_HASH_FIELD):
-        if not dataset.has_field(field):
-            dataset.add_sample_field(field, fo.StringField)
-
-
-def _add_new_samples(dataset, new: list[tuple[str, dict, list[dict]]], classes_map, folder) -> list[str]:
-    """Add samples for ``(filepath, image, annotations)`` of images new to the dataset; returns their ids.
-
-    The samples go in without labels, the run's labels follow with ``set_values`` and the editable copy is
-    made inside the database: ``add_samples`` with labels re-reads every sample it writes, 4x the time. The
-    run hash goes last, so a sample of an interrupted load is finished by the next (``_apply_run_changes``).
-    """
-    import fiftyone as fo
-    from fiftyone import ViewField as F
-
-    values = [_sample_values(image, annotations, classes_map, folder) for _, image, annotations in new]
-    labels, hashes = [v.pop(RUN_FIELD) for v in values], [v.pop(RUN_HASH_FIELD) for v in values]
-    # no Sample kept in memory here: FiftyOne reloads those whenever fields change
-    ids = dataset.add_samples([fo.Sample(filepath=filepath, **v) for (filepath, _, _), v in zip(new, values)],
-                              validate=False, progress=False)  # values from our own parser: validation is redundant
-    dataset.set_values(RUN_FIELD, dict(zip(ids, labels)), key_field="id", validate=False)
-    dataset.select(ids).set_field(PRED_FIELD, F(RUN_FIELD)).save(PRED_FIELD)  # the same labels, ids included
-    dataset.set_values(WRITTEN_HASH_FIELD, dict(zip(ids, map(detections_hash, labels))), key_field="id")
-    dataset.set_values(RUN_HASH_FIELD, dict(zip(ids, hashes)), key_field="id")
-    return ids
+            dataset.add_sample_field(field, kind, **({"embedded_doc_type": document_type} if document_type else {}))
 
 
 def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], classes_map, folder, counts) -> None:
@@ -248,29 +222,33 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     _declare_fields(dataset)
     run_hashes = dict(zip(*dataset.values(["id", RUN_HASH_FIELD])))
     counts: Counter[str] = Counter()
+
+    def inserted(ids: list[str]) -> None:
+        counts["added"] += len(ids)
+        applied, missed = apply_decisions(dataset, ids, decisions)
+        counts[f"with decisions from {folder.decisions_path.name}"] += applied
+        counts["saved decisions about regions this run no longer has (not applied)"] += missed
+
     try:
-        for batch in batched(iter_coco_images(path)):
-            new, image_ids, changed = [], {}, {}
-            for image, annotations in batch:
-                filepath = str((dataset_dir / checked_name(image.get("file_name"), path)).resolve())
-                sample_id = existing.pop(filepath, None)
-                if sample_id is None:
-                    new.append((filepath, image, annotations))
-                    continue
-                image_ids[sample_id] = image["id"]
-                if run_hashes.get(sample_id) != annotations_hash(annotations):
-                    changed[sample_id] = (image, annotations)
-            if new:
-                new_ids = _add_new_samples(dataset, new, classes_map, folder)
-                counts["added"] += len(new)
-                applied, missed = apply_decisions(dataset, new_ids, decisions)
-                counts[f"with decisions from {folder.decisions_path.name}"] += applied
-                counts["saved decisions about regions this run no longer has (not applied)"] += missed
-            if image_ids:
-                dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
-                counts["unchanged"] += len(image_ids) - len(changed)
-            if changed:
-                _apply_run_changes(dataset, changed, classes_map, folder, counts)
+        with DocumentPipeline(dataset, classes_map, run_dir, BATCH, inserted) as new_samples:
+            for batch in batched(iter_coco_images(path)):
+                new, image_ids, changed = [], {}, {}
+                for image, annotations in batch:
+                    filepath = str((dataset_dir / checked_name(image.get("file_name"), path)).resolve())
+                    sample_id = existing.pop(filepath, None)
+                    if sample_id is None:
+                        new.append((filepath, image, annotations))
+                        continue
+                    image_ids[sample_id] = image["id"]
+                    if run_hashes.get(sample_id) != annotations_hash(annotations):
+                        changed[sample_id] = (image, annotations)
+                if new:
+                    new_samples.submit(new)
+                if image_ids:
+                    dataset.set_values(IMAGE_ID_FIELD, image_ids, key_field="id")
+                    counts["unchanged"] += len(image_ids) - len(changed)
+                if changed:
+                    _apply_run_changes(dataset, changed, classes_map, folder, counts)
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
     set_label_schemas(dataset, [c["name"] for c in categories])

@@ -1,21 +1,13 @@
 """Finishing a labeled image: its label map PNG, its regions with their RLE, and the record that commits it.
 
 Finishing costs a few milliseconds of CPU per image and never touches the model, so it runs in worker
-processes (torch-free, one thread each) while the main process keeps the device busy.
-
-The one global change: the first ``Finishers`` with processes wraps ``multiprocessing.spawn.get_preparation_data``
-so that a process named ``clearclip-finisher-*`` does not re-import the parent's ``__main__`` (a script whose
-imports, torch among them, cost seconds and hundreds of MB per finisher). Other spawned processes are untouched.
+processes (torch-free, one thread each; ``io.helpers``) while the main process keeps the device busy.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from multiprocessing import spawn
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
@@ -23,6 +15,7 @@ import numpy as np
 
 from ..annotations.regions import extract_regions
 from ..annotations.thresholds import RegionFilter
+from ..io.helpers import helper_context, start_helper
 from ..io.images import ImageFile
 from ..io.label_png import save_label_png
 from ..vocabulary import Vocabulary
@@ -44,55 +37,12 @@ def finish_maps(folder: RunFolder, image: ImageFile, categories: np.ndarray, sco
     return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
 
 
-PR_SET_PDEATHSIG = 1
-WORKER_NAME = "clearclip-finisher"
-
-
-class _FinisherProcess(SpawnProcess):
-    """A spawned process named so that ``_preparation_data`` recognises it."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.name = f"{WORKER_NAME}-{self.name}"
-
-
-class _FinisherContext(SpawnContext):
-    Process = _FinisherProcess
-
-
-def _skip_main_in_finishers() -> None:
-    """Make spawned finishers skip the parent's ``__main__`` (see the module docstring); idempotent."""
-    original = spawn.get_preparation_data
-    if getattr(original, "skips_main_in_finishers", False):
-        return
-
-    def preparation_data(name: str) -> dict:
-        data = original(name)
-        if name.startswith(WORKER_NAME):
-            data.pop("init_main_from_name", None)
-            data.pop("init_main_from_path", None)
-        return data
-
-    preparation_data.skips_main_in_finishers = True
-    spawn.get_preparation_data = preparation_data
-
 _job: tuple | None = None  # (folder, vocabulary, region_filter, precision) of a worker process
-
-
-def _die_with(parent: int) -> None:
-    """End this process when ``parent`` ends, however it ends (a SIGKILLed labeler leaves no finisher behind)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pool's own shutdown ends the workers
-        return
-    if os.getppid() != parent:  # it ended before prctl took effect
-        os._exit(1)
 
 
 def _start_worker(parent: int, root: Path, vocabulary: Vocabulary, region_filter: RegionFilter, precision: str) -> None:
     global _job
-    _die_with(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report
+    start_helper(parent)
     _job = (RunFolder(root), vocabulary, region_filter, precision)
 
 
@@ -126,8 +76,7 @@ class Finishers:
     def __enter__(self) -> "Finishers":
         folder, vocabulary, region_filter, precision = self.job
         if self.processes:
-            _skip_main_in_finishers()
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=_FinisherContext(), initializer=_start_worker,
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=helper_context(), initializer=_start_worker,
                                              initargs=(os.getpid(), folder.root, vocabulary, region_filter, precision))
         else:
             self._pool = ThreadPoolExecutor(1)

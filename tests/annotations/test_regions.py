@@ -11,7 +11,7 @@ from clearclip import ClearCLIPError, Vocabulary
 from clearclip.annotations.coco import CocoWriter
 from clearclip.annotations.record import Annotation
 from clearclip.annotations.regions import extract_regions
-from clearclip.annotations.rle import encode_rle_in_box
+from clearclip.annotations.rle import decode_rles_in_boxes, encode_rle_in_box
 from clearclip.annotations.thresholds import RegionFilter, Thresholds, load_class_thresholds
 from rle_reference import encode_rle
 
@@ -133,6 +133,33 @@ def test_rle_in_box_equals_pycocotools_on_the_full_image():
         expected = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
         assert encode_rle_in_box(mask, x, y, height, width) == {"size": expected["size"],
                                                                 "counts": expected["counts"].decode()}
+
+
+def test_masks_decoded_in_their_boxes_equal_pycocotools():
+    """Many masks decoded at once, each for its box only, against pycocotools' full-image decode: boxes that span
+    whole columns (runs wrap into the next column), masks ending on the last pixel, holes, one pixel, and long
+    runs whose counts need several characters and negative differences."""
+    rng = np.random.default_rng(3)
+    rles, boxes, expected = [], [], []
+    for trial in range(400):
+        height, width = (int(v) for v in rng.integers(1, 60, 2)) if trial % 10 else (375, 500)
+        mask = rng.random((height, width)) < rng.random()
+        if trial % 4 == 0:
+            mask[:] = True
+            mask[height // 3 : height // 2, width // 3 : width // 2] = False
+        if trial % 3 == 0:
+            mask[:, : width // 2] = False
+        if not mask.any():
+            mask[-1, -1] = True
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        expected.append(mask_utils.decode(rle).astype(bool)[y : y + h, x : x + w])
+        rles.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+        boxes.append((x, y, w, h))
+    decoded = decode_rles_in_boxes(rles, boxes)
+    assert len(decoded) == len(expected)
+    for got, want in zip(decoded, expected):
+        assert got.shape == want.shape and np.array_equal(got, want)
 
 
 def test_coco_writer_streams_a_valid_document(tmp_path):

@@ -154,26 +154,30 @@ def test_rerun_keeps_the_reviewers_edits(tmp_path, tiny_model_name, data_dir):
     assert all(s.coco_image_id == ids[s.file_name] for s in dataset)  # ids moved when the dataset grew
 
 
-@pytest.mark.parametrize("interrupted_at", [RUN_FIELD, RUN_HASH_FIELD])  # before the labels, after them
-def test_an_interrupted_load_is_finished_by_the_next(run_dir, annotations, monkeypatch, interrupted_at):
+@pytest.mark.parametrize("interrupted_at,then", [("insert", "added"), ("schemas", "unchanged")])
+def test_an_interrupted_load_is_finished_by_the_next(run_dir, annotations, monkeypatch, interrupted_at, then):
+    """Ctrl-C (or a kill) while the samples are written, or after them: never a half-written sample, and the
+    next load finishes the dataset."""
     import fiftyone as fo
+    from pymongo.collection import Collection
 
-    set_values = fo.Dataset.set_values
-
-    def interrupted(self, field_name, *args, **kwargs):
-        if field_name == interrupted_at:
-            raise KeyboardInterrupt  # Ctrl-C, or a kill, while the new samples were being written
-        return set_values(self, field_name, *args, **kwargs)
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
 
     name = f"review-interrupted-{interrupted_at}"
-    monkeypatch.setattr(fo.Dataset, "set_values", interrupted)
+    if interrupted_at == "insert":
+        monkeypatch.setattr(Collection, "insert_many", interrupted)
+    else:
+        monkeypatch.setattr(fo.Dataset, "set_label_schemas", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_run(run_dir, name=name)
     monkeypatch.undo()
+    left = fo.load_dataset(name)
+    assert len(left) == (0 if interrupted_at == "insert" else len(annotations["images"]))
 
     dataset, report = load_run(run_dir, name=name)
     count = len(annotations["images"])
-    assert len(dataset) == count and f"{count} refreshed" in report
+    assert len(dataset) == count and f"{count} {then}" in report
     assert not dataset.match_tags(RUN_CHANGED_TAG) and dataset.label_schemas[RUN_FIELD]["read_only"]
     assert dataset.count(f"{PRED_FIELD}.detections") == dataset.count(f"{RUN_FIELD}.detections") \
         == len(annotations["annotations"])
