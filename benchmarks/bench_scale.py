@@ -3,7 +3,7 @@
 Builds runs of N images through the labeler's own writer (``finish_maps``: label map PNG, regions, RLE,
 record) from synthetic 500x375 label maps with about 20 regions each (no model), then runs each step in a
 fresh process: the resume check of the finished run (listing + per-image state), the merge, ``clearclip
-review --no-launch`` and ``clearclip export``. Peak RSS is the step's own process. Last, the finish of one
+review --no-launch`` (the first load) and ``clearclip export`` in every format. Peak RSS is the step's own process. Last, the finish of one
 12-megapixel label map with about 100 regions, in memory above the label map itself.
 
     python benchmarks/bench_scale.py --sizes 1000 10000 100000
@@ -101,10 +101,12 @@ merge_run(RunFolder(RUN), scan_images(DATASET, exclude=(RUN,), marker=RUN_MARKER
 from clearclip.cli import main
 assert main(["review", str(RUN), "--name", NAME, "--no-launch"]) == 0
 """,
-    "export": """
+    **{f"export {format}": f"""
 from clearclip.cli import main
-assert main(["export", NAME, "--out", str(RUN.parent / f"{RUN.name}-exported.json"), "--overwrite"]) == 0
-""",
+out = RUN.parent / f"{{RUN.name}}-exported-{format}"
+assert main(["export", NAME, "--format", "{format}", "--out", str(out) + (".json" if "{format}" == "coco" else ""),
+             "--overwrite"]) == 0
+""" for format in ("coco", "yolo", "cvat", "masks")},
 }
 
 
@@ -183,12 +185,12 @@ def main(argv=None) -> int:
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         above, label_map = (float(v) for v in result.stdout.split())
         mongod.terminate()
-    print(f"\n{'images':>7} {'step':<20} {'seconds':>10} {'peak RSS MB':>11}")
+    print(f"\n{'images':>7} {'step':<20} {'seconds':>10} {'ms/image':>9} {'peak RSS MB':>11}")
     for count, step, seconds, peak in rows:
-        print(f"{count:>7} {step:<20} {seconds:>10.1f} {peak:>11.0f}")
+        print(f"{count:>7} {step:<20} {seconds:>10.1f} {1000 * seconds / count:>9.2f} {peak:>11.0f}")
     largest, previous = max(args.sizes), sorted(args.sizes)[-2] if len(args.sizes) > 1 else None
     if previous:
-        for step in ("merge", "review --no-launch"):
+        for step in ("merge", "review --no-launch", "export cvat"):
             peaks = {c: p for c, s, _, p in rows if s == step}
             print(f"{step}: peak RSS at {largest} images / at {previous}: {peaks[largest] / peaks[previous]:.2f}")
     print(f"finish of a 12 MP label map with 100 regions: {above:.0f} MB above the process before it "

@@ -11,11 +11,11 @@ def box_run_lengths(mask: np.ndarray, x: int, y: int, height: int, width: int) -
     holding ``mask``: column-major runs, starting with a run of zeros. Costs the box, not the image."""
     h, w = mask.shape
     column_break = h < height  # unless the box spans whole columns, runs never continue into the next column
-    padded = np.zeros((w, h + column_break), np.int8)
-    padded[:, :h] = mask.T
-    flat = padded.ravel()
-    edges = np.flatnonzero(np.diff(flat, prepend=0, append=0))  # run starts and (exclusive) ends, alternating
-    columns, rows = np.divmod(edges, h + column_break)
+    stride = h + column_break
+    flat = np.zeros(w * stride + 2, bool)  # the box column by column, between two zeros
+    flat[1:-1].reshape(w, stride)[:, :h] = mask.T
+    edges = np.flatnonzero(flat[1:] != flat[:-1])  # run starts and (exclusive) ends, alternating
+    columns, rows = np.divmod(edges, stride)
     positions = (columns + x) * height + rows + y
     bounds = np.concatenate(([0], positions, [height * width]))
     counts = np.diff(bounds).tolist()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..errors import ClearCLIPError
 from ..io.atomic import atomic_path
+from ..io.cache import default_cache_dir
 from ..options import SegmentSettings, Template, filled_templates
 
 # open_clip ships them as lambdas; as "{}" strings they are hashable, printable cache keys
@@ -125,11 +125,6 @@ def check_context(tokenizer, names: Sequence[str], templates: Sequence[Template]
             raise ClearCLIPError(f"class names {seen[key][:60]!r}... and {name[:60]!r}... are the same once cut to the "
                                  f"text context of {context} tokens; shorten them so they differ early")
         seen[key] = name
-
-
-def default_cache_dir() -> Path:
-    """Where text embeddings persist: ``$CLEARCLIP_CACHE_DIR`` or ``~/.cache/clearclip``."""
-    return Path(os.environ.get("CLEARCLIP_CACHE_DIR", Path.home() / ".cache" / "clearclip"))
 
 
 class TextEmbeddingCache:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import EnvironmentFailure
 from .fields import (FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, RUN_FIELD, RUN_CHANGE_FIELD, RUN_HASH_FIELD,
                      SEGMENTATION_FIELD, TO_REVIEW_VIEW, WRITTEN_HASH_FIELD)
+from .media import VIEWABLE_FIELD
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"  # installed with the package: the folder FiftyOne scans
 
@@ -53,12 +54,14 @@ def app_config(dataset, categories: list[dict]) -> None:
                                                            for c in categories]},
     ])
     dataset.app_config.active_fields = fo.ActiveFields(paths=[PRED_FIELD])
+    dataset.app_config.media_fields = ["filepath", VIEWABLE_FIELD]  # TIFF and 16-bit images: a viewable copy
+    dataset.app_config.grid_media_field = dataset.app_config.modal_media_field = VIEWABLE_FIELD
     dataset.app_config.sidebar_groups = [
         fo.SidebarGroupDocument(name="review", paths=["tags", PRED_FIELD, SEGMENTATION_FIELD, "min_confidence",
                                                       "mean_confidence", FILE_NAME_FIELD]
                                 + ([RUN_CHANGE_FIELD] if dataset.has_field(RUN_CHANGE_FIELD) else [])),
         fo.SidebarGroupDocument(name="clearclip internals", expanded=False,
-                                paths=[RUN_FIELD, RUN_HASH_FIELD, WRITTEN_HASH_FIELD, IMAGE_ID_FIELD]),
+                                paths=[RUN_FIELD, RUN_HASH_FIELD, WRITTEN_HASH_FIELD, IMAGE_ID_FIELD, VIEWABLE_FIELD]),
     ]
 
 

@@ -36,6 +36,7 @@ from ..io.threads import available_cores
 from ..run.folder import RunFolder
 from .fields import (FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, RUN_FIELD, RUN_HASH_FIELD, SEGMENTATION_FIELD,
                      WRITTEN_HASH_FIELD)
+from .media import VIEWABLE_FIELD, viewable_path
 
 _NPY_HEADERS: dict[tuple[int, ...], bytes] = {}
 
@@ -48,6 +49,25 @@ def mask_bytes(mask: np.ndarray) -> bytes:
         _NPY_HEADERS[mask.shape] = buffer.getvalue()
     compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
     return compressor.compress(_NPY_HEADERS[mask.shape]) + compressor.compress(mask) + compressor.flush()
+
+
+_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def mask_from_bytes(data: bytes) -> np.ndarray:
+    """A mask as FiftyOne stored it (``serialize_numpy_array``, any zlib level): ``deserialize_numpy_array``
+    without parsing the same ``.npy`` header again for every mask."""
+    raw = zlib.decompress(data)
+    start = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 12 + int.from_bytes(raw[8:12], "little")
+    header = raw[:start]
+    if header not in _NPY_LAYOUTS:
+        buffer = io.BytesIO(header)
+        major, _ = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(buffer)
+        _NPY_LAYOUTS[header] = (dtype, shape, fortran_order)
+    dtype, shape, fortran_order = _NPY_LAYOUTS[header]
+    return np.frombuffer(raw, dtype, offset=start).reshape(shape, order="F" if fortran_order else "C")
 
 
 def labels_hash(labels: Iterable[tuple[str, list[float], float | None, np.ndarray | None]]) -> str:
@@ -106,7 +126,7 @@ def sample_documents(new: list[tuple[str, dict, list[dict]]], classes_map: dict[
             WRITTEN_HASH_FIELD: labels_hash(hashed),
             SEGMENTATION_FIELD: {"_id": ObjectId(), "_cls": "Segmentation", "tags": [],
                                  "mask_path": str(folder.label_path(image["file_name"]).resolve())},
-            IMAGE_ID_FIELD: image["id"], FILE_NAME_FIELD: image["file_name"],
+            IMAGE_ID_FIELD: image["id"], FILE_NAME_FIELD: image["file_name"], VIEWABLE_FIELD: viewable_path(filepath),
         }
         if scores:
             document["min_confidence"], document["mean_confidence"] = min(scores), sum(scores) / len(scores)

@@ -1,18 +1,84 @@
 """Export: reviewed FiftyOne labels back to COCO JSON with the run's categories and compressed RLE masks.
 
-Samples stream from the database into the COCO writer, so an export holds one sample at a time.
+Samples stream from the database as raw documents (``iter_labeled_images``: no FiftyOne Sample or Label
+objects, which cost more than the export itself) into the COCO writer, so an export holds one sample at a time.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from ..annotations.coco import CocoWriter
 from ..errors import ClearCLIPError
 from ..run.folder import RUN_MARKER
+from ..run.paths import checked_name
+from .documents import mask_from_bytes
 from .fields import EXCLUDED_TAGS, FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, check_detections_field, from_detection
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDetection:
+    """A detection as the database holds it, with what ``fields.detection_mask`` reads of a FiftyOne Detection."""
+
+    label: str
+    bounding_box: list[float]
+    confidence: float | None
+    mask: object  # the instance mask in its box, or None
+
+    has_mask = property(lambda self: self.mask is not None)
+
+    def get_mask(self):
+        return self.mask
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledImage:
+    """One exported image: its file, its name inside the export (``name``), size, detections and run image id."""
+
+    filepath: str
+    name: str
+    width: int
+    height: int
+    detections: list
+    image_id: int | None
+
+
+def _stored_detection(document: dict):
+    import fiftyone as fo
+
+    if document.get("mask") is None and document.get("mask_path"):
+        return fo.Detection.from_dict(document)  # a mask kept in a file: FiftyOne reads it
+    mask = document.get("mask")
+    return StoredDetection(document.get("label"), document.get("bounding_box") or [0, 0, 0, 0],
+                           document.get("confidence"), None if mask is None else mask_from_bytes(mask))
+
+
+def iter_labeled_images(view, field: str) -> Iterator[LabeledImage]:
+    """The images of ``view`` in its order with the Detections of ``field``, read as raw documents. ``name`` is
+    the image's path in the run's dataset folder (``file_name``, through the path gate), or for samples without
+    one the file name, made unique with ``-2``, ``-3``... Samples without a size get their metadata computed."""
+    seen: dict[str, int] = {}
+    missing = view.exists("metadata.width", False)
+    if len(missing):
+        missing.compute_metadata()
+    kept = [f for f in (FILE_NAME_FIELD, IMAGE_ID_FIELD) if view._dataset.has_sample_field(f)]
+    cursor = view.select_fields([field, "metadata", *kept])._aggregate()
+    for document in cursor.batch_size(32):  # pymongo fetches up to 16 MB of samples at once by default
+        name = document.get(FILE_NAME_FIELD)
+        if name:
+            name = checked_name(name, f"field {FILE_NAME_FIELD} of dataset '{view._dataset.name}'")
+        else:
+            base = PurePosixPath(document["filepath"]).name
+            seen[base] = seen.get(base, 0) + 1
+            stem, dot, suffix = base.rpartition(".")
+            name = base if seen[base] == 1 else (f"{stem}-{seen[base]}.{suffix}" if dot else f"{base}-{seen[base]}")
+        labels = document.get(field) or {}
+        metadata = document["metadata"]
+        yield LabeledImage(document["filepath"], name, metadata["width"], metadata["height"],
+                           [_stored_detection(d) for d in labels.get("detections") or []], document.get(IMAGE_ID_FIELD))
 
 
 def output_path(out: str | Path, overwrite: bool = False) -> Path:
@@ -100,22 +166,14 @@ def export_view_coco(view, out: str | Path, field: str = PRED_FIELD, overwrite: 
 
     info = {**run.get("info", {}), "exported_from": dataset.name, "field": field}
     with CocoWriter(out, info, categories) as coco:
-        kept = [f for f in (FILE_NAME_FIELD, IMAGE_ID_FIELD) if dataset.has_sample_field(f)]
-        for sample in view.select_fields([field, "metadata", *kept]):
-            if sample.metadata is None or sample.metadata.width is None:
-                sample.compute_metadata()
-            width, height = sample.metadata.width, sample.metadata.height
-            labels = sample[field]
+        for image in iter_labeled_images(view, field):
             lines = []
-            for detection in labels.detections if labels is not None else []:
+            for detection in image.detections:
                 if detection.label not in category_ids:
                     category_ids[detection.label] = max(category_ids.values(), default=0) + 1
                     categories.append({"id": category_ids[detection.label], "name": detection.label, "supercategory": ""})
-                annotation = from_detection(detection, category_ids[detection.label], width, height)
+                annotation = from_detection(detection, category_ids[detection.label], image.width, image.height)
                 if annotation is not None:
                     lines.append(annotation.line())
-            has_name = sample.has_field(FILE_NAME_FIELD) and sample[FILE_NAME_FIELD]
-            file_name = sample[FILE_NAME_FIELD] if has_name else Path(sample.filepath).name
-            image_id = sample[IMAGE_ID_FIELD] if has_ids and sample[IMAGE_ID_FIELD] else None
-            coco.add_image(file_name, width, height, lines, image_id=image_id)
+            coco.add_image(image.name, image.width, image.height, lines, image_id=image.image_id)
     return coco.images, coco.annotations

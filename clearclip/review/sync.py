@@ -52,6 +52,7 @@ from .fields import (
     to_detection,
 )
 from .ground_truth import load_ground_truth
+from .media import VIEWABLE_FIELD, media_cache_dir, viewable_path
 
 
 def default_dataset_name(run_dir: str | Path) -> str:
@@ -95,7 +96,8 @@ def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
         _records(annotations, classes_map, path)
 
 
-def _sample_values(image: dict, annotations: list[dict], classes_map: dict[int, str], folder: RunFolder) -> dict:
+def _sample_values(filepath: str, image: dict, annotations: list[dict], classes_map: dict[int, str],
+                   folder: RunFolder) -> dict:
     import fiftyone as fo
 
     scores = [a["score"] for a in annotations if a.get("score") is not None]
@@ -108,6 +110,7 @@ def _sample_values(image: dict, annotations: list[dict], classes_map: dict[int, 
         IMAGE_ID_FIELD: image["id"],
         FILE_NAME_FIELD: image["file_name"],
         "metadata": fo.ImageMetadata(width=image["width"], height=image["height"]),
+        VIEWABLE_FIELD: viewable_path(filepath),
     }
 
 
@@ -154,7 +157,7 @@ def _declare_fields(dataset) -> None:
              SEGMENTATION_FIELD: (fo.EmbeddedDocumentField, fo.Segmentation), RUN_HASH_FIELD: (fo.StringField, None),
              WRITTEN_HASH_FIELD: (fo.StringField, None), "min_confidence": (fo.FloatField, None),
              "mean_confidence": (fo.FloatField, None), IMAGE_ID_FIELD: (fo.IntField, None),
-             FILE_NAME_FIELD: (fo.StringField, None)}
+             FILE_NAME_FIELD: (fo.StringField, None), VIEWABLE_FIELD: (fo.StringField, None)}
     for field, (kind, document_type) in kinds.items():
         if not dataset.has_field(field):
             dataset.add_sample_field(field, kind, **({"embedded_doc_type": document_type} if document_type else {}))
@@ -165,7 +168,7 @@ def _apply_run_changes(dataset, changed: dict[str, tuple[dict, list[dict]]], cla
     A sample that an interrupted load left without its labels (no written hash) is finished."""
     for sample in dataset.select(list(changed)).iter_samples(autosave=True):
         image, annotations = changed[sample.id]
-        values = _sample_values(image, annotations, classes_map, folder)
+        values = _sample_values(sample.filepath, image, annotations, classes_map, folder)
         untouched = sample[WRITTEN_HASH_FIELD] in (None, detections_hash(sample[PRED_FIELD]))
         before = len(sample[RUN_FIELD].detections) if sample[RUN_FIELD] else 0
         for key, value in values.items():
@@ -190,6 +193,7 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     (``evaluate_segmentations`` as ``eval_seg``).
     """
     import fiftyone as fo
+    from fiftyone import ViewField as F
 
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
@@ -251,6 +255,12 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
                     _apply_run_changes(dataset, changed, classes_map, folder, counts)
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
+    older = dataset.exists(VIEWABLE_FIELD, False)  # samples of datasets made before the field existed
+    if len(older):
+        older.set_values(VIEWABLE_FIELD, [viewable_path(p) for p in older.values("filepath")])
+    copies = len(dataset.match(F(VIEWABLE_FIELD) != F("filepath")))
+    if copies:
+        counts[f"shown from viewable copies in {media_cache_dir()} (TIFF, 16-bit)"] += copies
     set_label_schemas(dataset, [c["name"] for c in categories])
     app_config(dataset, categories)  # after the load: it names the fields the samples brought
     dataset.save()
@@ -270,9 +280,10 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
 
 
 def save_review_views(dataset) -> None:
-    """The saved views a reviewer works through (``to-review`` first), the index their sort uses, and the
+    """The saved views a reviewer works through (``to-review`` first), the indexes of the sorts, and the
     dataset's description saying how to review."""
     dataset.create_index("min_confidence")
+    dataset.create_index(IMAGE_ID_FIELD)  # exports write images in run order
     by_confidence = dataset.sort_by("min_confidence")
     dataset.save_view(LEAST_CONFIDENT_VIEW, by_confidence, overwrite=True)
     dataset.save_view(TO_REVIEW_VIEW, by_confidence.match_tags([REVIEWED_TAG, REJECTED_TAG], bool=False),

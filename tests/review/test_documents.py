@@ -41,10 +41,11 @@ def test_documents_equal_what_fiftyone_writes(synthetic_run):
     classes = {c["id"]: c["name"] for c in ours.info["clearclip"]["categories"]}
     samples = []
     for image, annotations in iter_coco_images(folder.annotations_path):
-        values = _sample_values(image, annotations, classes, folder)
+        filepath = str((dataset_dir / image["file_name"]).resolve())
+        values = _sample_values(filepath, image, annotations, classes, folder)
         values[PRED_FIELD] = values[RUN_FIELD]
         values[WRITTEN_HASH_FIELD] = detections_hash(values[RUN_FIELD])
-        samples.append(fo.Sample(filepath=str((dataset_dir / image["file_name"]).resolve()), **values))
+        samples.append(fo.Sample(filepath=filepath, **values))
     reference.add_samples(samples)
 
     assert len(ours) == len(reference) == BATCH + 37
