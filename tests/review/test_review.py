@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -545,3 +546,33 @@ def test_reviewed_samples_leave_the_to_review_view_and_are_counted(run_dir, anno
     assert values == sorted(values)
     assert dataset.load_saved_view(REVIEWED_VIEW).values("id") == [done.id]
     assert "min_confidence" in dataset.list_indexes() and f"'{REVIEWED_TAG}'" in dataset.description
+
+
+def test_images_a_browser_cannot_show_get_a_viewable_copy(tmp_path, tiny_model_name, monkeypatch):
+    """TIFF and 16-bit PNG: the App shows a PNG copy from the media cache (the image as the model saw it); a
+    rerun reuses the copy; other images are shown as they are; exports still read the originals."""
+    monkeypatch.setenv("CLEARCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels = smooth_image(40, 56, 1)
+    Image.fromarray(pixels).save(data / "photo.tif")
+    Image.fromarray((pixels[:, :, 0].astype(np.uint16) * 257)).save(data / "deep.png")  # 16-bit grayscale
+    Image.fromarray(pixels).save(data / "plain.jpg")
+    run = tmp_path / "run"
+    label(data, run, tiny_model_name)
+    dataset, report = load_run(run, name="review-viewable")
+    shown = dict(zip(dataset.values("filepath"), dataset.values("viewable_filepath")))
+    originals = {Path(p).name: p for p in shown}
+    assert shown[originals["plain.jpg"]] == originals["plain.jpg"]
+    for name in ("photo.tif", "deep.png"):
+        copy = Path(shown[originals[name]])
+        assert copy.parent.parent == tmp_path / "cache" / "media" and copy.suffix == ".png"
+        with Image.open(copy) as image:
+            assert image.mode == "RGB" and image.size == (56, 40)
+    assert np.array_equal(np.asarray(Image.open(shown[originals["photo.tif"]])), pixels)
+    assert "2 shown from viewable copies" in report
+    assert dataset.app_config.grid_media_field == dataset.app_config.modal_media_field == "viewable_filepath"
+    written = {p: Path(p).stat().st_mtime_ns for p in shown.values() if "cache" in p}
+    dataset, _ = load_run(run, name="review-viewable-again")
+    assert {p: Path(p).stat().st_mtime_ns for p in written} == written  # reused, not written again
+    assert set(dataset.values("viewable_filepath")) == set(shown.values())
