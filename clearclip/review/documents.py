@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +39,26 @@ from .fields import (FILE_NAME_FIELD, IMAGE_ID_FIELD, PRED_FIELD, RUN_FIELD, RUN
                      WRITTEN_HASH_FIELD)
 from .media import VIEWABLE_FIELD, viewable_path
 
-_NPY_HEADERS: dict[tuple[int, ...], bytes] = {}
+@lru_cache(maxsize=4096)  # bounded: masks come in as many shapes as there are boxes
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|b1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
 
 
 def mask_bytes(mask: np.ndarray) -> bytes:
     """A C-contiguous boolean mask as FiftyOne stores it: ``zlib(numpy.save(mask))``, run-length compressed."""
-    if mask.shape not in _NPY_HEADERS:
-        buffer = io.BytesIO()
-        np.lib.format.write_array_header_1_0(buffer, {"descr": "|b1", "fortran_order": False, "shape": mask.shape})
-        _NPY_HEADERS[mask.shape] = buffer.getvalue()
     compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
-    return compressor.compress(_NPY_HEADERS[mask.shape]) + compressor.compress(mask) + compressor.flush()
+    return compressor.compress(_npy_header(mask.shape)) + compressor.compress(mask) + compressor.flush()
 
 
-_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+@lru_cache(maxsize=4096)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    buffer = io.BytesIO(header)
+    major, _ = np.lib.format.read_magic(buffer)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(buffer)
+    return dtype, shape, fortran_order
 
 
 def mask_from_bytes(data: bytes) -> np.ndarray:
@@ -59,14 +66,7 @@ def mask_from_bytes(data: bytes) -> np.ndarray:
     without parsing the same ``.npy`` header again for every mask."""
     raw = zlib.decompress(data)
     start = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 12 + int.from_bytes(raw[8:12], "little")
-    header = raw[:start]
-    if header not in _NPY_LAYOUTS:
-        buffer = io.BytesIO(header)
-        major, _ = np.lib.format.read_magic(buffer)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(buffer)
-        _NPY_LAYOUTS[header] = (dtype, shape, fortran_order)
-    dtype, shape, fortran_order = _NPY_LAYOUTS[header]
+    dtype, shape, fortran_order = _npy_layout(raw[:start])
     return np.frombuffer(raw, dtype, offset=start).reshape(shape, order="F" if fortran_order else "C")
 
 
