@@ -85,10 +85,10 @@ class RegionFilter:
         return cls(default, per_class, stored.get("instances", "components"))
 
 
-def load_class_thresholds(source: str | Path | dict, default: Thresholds,
-                          vocabulary: Vocabulary) -> dict[str, Thresholds]:
-    """Per-class thresholds ``{"class name": {"min_score": .., "min_area": .., ...}}`` from a JSON or YAML file,
-    or from such a mapping itself, every value checked (unset keys take ``default``'s).
+def load_class_thresholds(source: str | Path | dict, default: Thresholds, vocabulary: Vocabulary,
+                          storage_options: dict | None = None) -> dict[str, Thresholds]:
+    """Per-class thresholds ``{"class name": {"min_score": .., "min_area": .., ...}}`` from a JSON or YAML file
+    (a path or an fsspec URL), or from such a mapping itself, every value checked (unset keys take ``default``'s).
 
     Raises ClearCLIPError naming the file (or "class_thresholds"), the class and the problem.
     """
@@ -96,10 +96,10 @@ def load_class_thresholds(source: str | Path | dict, default: Thresholds,
         return _checked_class_thresholds(source, "class_thresholds", default, vocabulary)
     import yaml
 
-    path = Path(source)
-    text = read_user_text(path, "class thresholds file")
+    path = source
+    text = read_user_text(path, "class thresholds file", storage_options)
     try:
-        data = yaml.load(text, Loader=_yaml_loader()) if path.suffix.lower() in (".yaml", ".yml") else \
+        data = yaml.load(text, Loader=_yaml_loader()) if str(path).lower().endswith((".yaml", ".yml")) else \
             json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, yaml.YAMLError) as error:
         raise ClearCLIPError(f"cannot read class thresholds {path}: {str(error).splitlines()[0]}") from error

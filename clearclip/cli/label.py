@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import ClearCLIPError
-from ..run.job import FILTERING, MODEL, SEGMENTATION, THROUGHPUT
+from ..io.storage import is_url, local_path
+from ..run.job import FILTERING, MODEL, SEGMENTATION, STORAGE, THROUGHPUT
 from .options import add_job_options, add_vocabulary_options, job_from_args
 
 
@@ -25,26 +26,33 @@ def add_parser(subparsers) -> None:
                     "(size or\nmodification time), failed and unfinished images are labeled; images no longer in "
                     "DATASET_DIR are\ndropped from the results. A RUN_DIR takes one set of settings.",
     )
-    parser.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="folder of images")
-    parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
-                        help="run folder (default: workspace/runs/<dataset folder name>)")
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR",
+                        help="folder of images, or an object-storage URL (s3://bucket/prefix, gs://..., az://...)")
+    parser.add_argument("--out", default=None, metavar="RUN_DIR",
+                        help="run folder or object-storage URL (default: workspace/runs/<dataset folder name>)")
     add_vocabulary_options(parser)
-    add_job_options(parser, (MODEL, SEGMENTATION, FILTERING, THROUGHPUT))
+    add_job_options(parser, (MODEL, SEGMENTATION, FILTERING, THROUGHPUT, STORAGE))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_label)
 
 
+def _dataset_name(dataset: Path | str) -> str:
+    return dataset.rstrip("/").rsplit("/", 1)[-1] if isinstance(dataset, str) else dataset.resolve().name
+
+
 def run_label(args: argparse.Namespace) -> int:
+    from ..run.folder import RunFolder
     from ..run.merge import summary_table
     from ..run.plan import label_folder
 
-    if not args.dataset_dir.is_dir():
-        raise ClearCLIPError(f"dataset folder {args.dataset_dir} does not exist or is not a folder")
+    dataset = args.dataset_dir if is_url(args.dataset_dir) else local_path(args.dataset_dir)
+    if not is_url(dataset) and not dataset.is_dir():
+        raise ClearCLIPError(f"dataset folder {dataset} does not exist or is not a folder")
     job = job_from_args(args)
     config = job.label_config()
     info = job.info(config)
-    run_dir = args.out or Path("workspace/runs") / args.dataset_dir.resolve().name
-    summary = label_folder(job.load_model, args.dataset_dir, run_dir, config, info, progress=not args.quiet)
+    run_dir = args.out or Path("workspace/runs") / _dataset_name(dataset)
+    summary = label_folder(job.load_model, dataset, run_dir, config, info, progress=not args.quiet)
     print(summary_table(summary))
-    print(f"\nwrote {run_dir / 'annotations.json'}")
+    print(f"\nwrote {RunFolder(run_dir, config.storage_options).annotations_path}")
     return 0 if not summary["missing"] else 1

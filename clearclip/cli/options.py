@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 from ..errors import ClearCLIPError
 from ..run.job import LabelJob
@@ -14,9 +13,9 @@ from ..run.job import LabelJob
 def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
     """--classes-file or repeated --class."""
     group = parser.add_argument_group("classes")
-    group.add_argument("--classes-file", type=Path,
+    group.add_argument("--classes-file", metavar="FILE",
                        help="one class a line (UTF-8), synonyms comma-separated; a first line 'background' makes "
-                            "class 0 background; every name must be unique")
+                            "class 0 background; every name must be unique (a path or an object-storage URL)")
     group.add_argument("--class", dest="classes", action="append", metavar="NAME",
                        help="a class (repeatable; 'person, man' gives synonyms); used when no --classes-file is given")
 
@@ -78,6 +77,8 @@ def add_job_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) ->
             container.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         elif f.name == "templates":
             container.add_argument(flag, dest=f.name, action="append", metavar="TEMPLATE", help=help_text)
+        elif f.name == "storage_options":
+            container.add_argument(flag, dest=f.name, action="append", metavar=f.metadata["metavar"], help=help_text)
         elif f.metadata.get("nargs"):
             container.add_argument(flag, dest=f.name, nargs=f.metadata["nargs"], type=int, metavar=f.metadata["metavar"],
                                    default=default, help=help_text + shown)

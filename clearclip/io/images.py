@@ -7,9 +7,11 @@ symlinks that leave the dataset, names that are not valid UTF-8.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import stat
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,11 +29,13 @@ Image.MAX_IMAGE_PIXELS = None  # the limit is ours (load_image's max_pixels), ch
 
 @dataclass(frozen=True, slots=True)
 class ImageFile:
-    """An image of the dataset: ``/``-separated path relative to the root, byte size and modification time."""
+    """An image of the dataset: ``/``-separated path relative to the root, byte size, modification time and,
+    on object storage, its ETag (which tells versions apart where listed times have whole seconds)."""
 
     name: str
     size: int
     mtime_ns: int
+    etag: str = ""
 
 
 @dataclass
@@ -136,6 +140,22 @@ def scan_images(root: str | Path, exclude: tuple[str | Path, ...] = (), marker: 
     return listing
 
 
+def list_objects(storage, exclude: tuple[str, ...] = (), marker: str | None = None) -> ImageListing:
+    """The images under an object-storage root (``io.storage.ObjectStorage``), from one paged listing: keys
+    with an image extension; hidden names, prefixes in ``exclude`` and prefixes holding a ``marker`` object
+    (run folders) skipped."""
+    objects = storage.list("", hidden=True)
+    skipped = [f"{prefix.rstrip('/')}/" for prefix in exclude]
+    skipped += [key[: -len(marker)] for key in objects if marker and key.endswith(f"/{marker}")]
+    listing = ImageListing()
+    for name, info in sorted(objects.items()):
+        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in name.split("/")):
+            continue
+        if not any(name.startswith(prefix) for prefix in skipped):
+            listing.images.append(ImageFile(name, info.size, info.mtime_ns, info.etag))
+    return listing
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float64)
@@ -152,10 +172,15 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy an RGB image
 
 
-def _jpeg_scan_bytes(path: Path) -> int:
+def _jpeg_scan_bytes(path: Path, content: bytes | None = None) -> int:
     """Bytes of entropy-coded data: from the first scan of the main image (after the marker segments, so not
-    an EXIF thumbnail's) to its last end-of-image marker; bytes appended after that marker do not count."""
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    an EXIF thumbnail's) to its last end-of-image marker; bytes appended after that marker do not count.
+    ``content``: the file's bytes, when read already (an object fetched from storage)."""
+    with ExitStack() as stack:
+        if content is None:
+            file = stack.enter_context(open(path, "rb"))
+            content = stack.enter_context(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+        data = content
         position = 2  # after SOI
         while position + 4 <= len(data) and data[position] == 0xFF:
             marker = data[position + 1]
@@ -170,29 +195,30 @@ def _jpeg_scan_bytes(path: Path) -> int:
         return (end if end >= 0 else len(data)) - position
 
 
-def _check_jpeg_length(image: Image.Image, path: Path) -> None:
+def _check_jpeg_length(image: Image.Image, path: Path, content: bytes | None) -> None:
     """A complete Huffman-coded JPEG spends at least one bit on every 8x8 block of luma; fewer coded bytes than
     that mean a header that promises more than the file holds (libjpeg pads such files with gray silently)."""
-    if image.format == "JPEG" and image.width * image.height > 512 * (coded := _jpeg_scan_bytes(path)):
+    if image.format == "JPEG" and image.width * image.height > 512 * (coded := _jpeg_scan_bytes(path, content)):
         raise ImageLoadError(path, f"truncated: the header says {image.width}x{image.height} but the file "
                                    f"holds only {coded} bytes of image data")
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-               reserve: Callable[[int], None] | None = None) -> np.ndarray:
+               reserve: Callable[[int], None] | None = None, content: bytes | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB, EXIF orientation applied; 16-bit, gray, palette, RGBA and CMYK converted.
 
     Raises ImageLoadError naming the file for empty, truncated, non-image files and for images of
     more than ``max_pixels`` pixels (checked from the header, before decoding). ``reserve(pixels)`` is
-    called after those checks and before decoding (a ``PixelBudget`` turn waits there).
+    called after those checks and before decoding (a ``PixelBudget`` turn waits there). ``content``: the
+    file's bytes, fetched already (object storage); ``path`` then only names it.
     """
-    path = Path(path)
+    path = Path(path) if content is None else path
     try:
-        with Image.open(path) as image:
+        with Image.open(path if content is None else io.BytesIO(content)) as image:
             if image.width * image.height > max_pixels:
                 raise ImageLoadError(path, f"{image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
                                            f"megapixels, above the limit of {max_pixels / 1e6:.0f}; raise --max-pixels to label it")
-            _check_jpeg_length(image, path)
+            _check_jpeg_length(image, path, content)
             if reserve is not None:
                 reserve(image.width * image.height)
             image.load()
@@ -201,7 +227,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     except FileNotFoundError as error:
         raise ImageLoadError(path, "file not found") from error
     except UnidentifiedImageError as error:
-        reason = "empty file" if path.stat().st_size == 0 else "not an image PIL can decode"
+        empty = len(content) == 0 if content is not None else Path(path).stat().st_size == 0
+        reason = "empty file" if empty else "not an image PIL can decode"
         raise ImageLoadError(path, reason) from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(path, f"cannot decode ({error}); the file may be truncated or corrupt") from error

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from ..annotations.regions import extract_regions
 from ..annotations.thresholds import RegionFilter
 from ..io.helpers import helper_context, start_helper
 from ..io.images import ImageFile
-from ..io.label_png import save_label_png
+from ..io.label_png import encode_label_png
 from ..vocabulary import Vocabulary
 from .folder import RunFolder
 
@@ -28,22 +27,20 @@ def finish_maps(folder: RunFolder, image: ImageFile, categories: np.ndarray, sco
 
     ``categories`` is the (H, W) map of category ids, ``scores`` the per-pixel probability.
     """
-    label_path = folder.inside(folder.label_path(image.name))
-    save_label_png(categories, label_path)
+    written = folder.write_label(image.name, encode_label_png(categories))
     height, width = categories.shape
     annotations = extract_regions(categories, scores, vocabulary, region_filter)
-    folder.write_record(image, width, height, [a.line() for a in annotations], [a.category_id for a in annotations],
-                        precision)
-    return label_path.stat().st_size + folder.record_path(image.name).stat().st_size
+    return written + folder.write_record(image, width, height, [a.line() for a in annotations],
+                                         [a.category_id for a in annotations], precision)
 
 
 _job: tuple | None = None  # (folder, vocabulary, region_filter, precision) of a worker process
 
 
-def _start_worker(parent: int, root: Path, vocabulary: Vocabulary, region_filter: RegionFilter, precision: str) -> None:
+def _start_worker(parent: int, folder: RunFolder, vocabulary: Vocabulary, region_filter: RegionFilter, precision: str) -> None:
     global _job
     start_helper(parent)
-    _job = (RunFolder(root), vocabulary, region_filter, precision)
+    _job = (folder, vocabulary, region_filter, precision)
 
 
 def _finish_in_worker(image: ImageFile, block: str, shape: tuple[int, int], category_type: str) -> int:
@@ -77,7 +74,7 @@ class Finishers:
         folder, vocabulary, region_filter, precision = self.job
         if self.processes:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=helper_context(), initializer=_start_worker,
-                                             initargs=(os.getpid(), folder.root, vocabulary, region_filter, precision))
+                                             initargs=(os.getpid(), folder, vocabulary, region_filter, precision))
         else:
             self._pool = ThreadPoolExecutor(1)
         return self

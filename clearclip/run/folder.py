@@ -15,6 +15,12 @@
 An image is done when its record's header says so, matches the image's size and modification time,
 and its label map exists: checking costs a stat and one short read, never a parse of its masks.
 A record is written after the label map, so a killed writer leaves the image undone, never half done.
+
+On object storage (``RUN_DIR`` an fsspec URL) the layout is the same; the folder is held by lease objects
+(``run.lease``) instead of ``fcntl``, and whether images are done is read off two listings (``records/``,
+``labels/``): an image is done when both exist and the record is no older than the image. A failure record
+deletes the image's label map first, so a failed image is never taken for done; the merge, which reads every
+record, still checks the header against the image (size, ETag) and relabels what does not match.
 """
 
 from __future__ import annotations
@@ -24,16 +30,17 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..annotations.record import Annotation
 from ..errors import ClearCLIPError, EnvironmentFailure, one_line
-from ..io.atomic import TEMP_SUFFIX, create_text, write_json, write_text
+from ..io.atomic import TEMP_SUFFIX
 from ..io.images import ImageFile
 from ..io.label_png import png_size
+from ..io.storage import Storage, open_storage
+from . import lease
 from .paths import checked_name, contained
 
 DONE, FAILED, TODO = "done", "failed", "todo"
@@ -54,41 +61,87 @@ def manifest_key(names: Iterable[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-@dataclass(frozen=True)
 class RunFolder:
-    """Paths and records of one labeling run."""
+    """Paths and records of one labeling run: a local folder, or a prefix of object storage (an fsspec URL;
+    ``options`` are the filesystem's non-secret options). Locations are Paths locally, URLs otherwise."""
 
-    root: Path
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        self.store: Storage = open_storage(root, options)
+        self.root: Path | str = self.store.root
+        self.remote = self.store.remote
 
-    def __init__(self, root: str | Path) -> None:
-        object.__setattr__(self, "root", Path(root))
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunFolder) and str(self.root) == str(other.root)
+
+    def __hash__(self) -> int:
+        return hash(str(self.root))
+
+    def __reduce__(self):  # helper processes and Prefect get the location and options, never a live client
+        return RunFolder, (self.root, getattr(self.store, "options", None))
 
     # ------------------------------------------------------------------------------------------ paths
-    @property
-    def annotations_path(self) -> Path:
-        return self.root / "annotations.json"
+    def location(self, key: str) -> Path | str:
+        return self.store.location(key)
+
+    def _key(self, location: Path | str) -> str:
+        """The key of a location of this folder (the inverse of ``location``)."""
+        text, root = str(location), str(self.root)
+        if not text.startswith(root + "/"):
+            raise ClearCLIPError(f"{location} is not in the run folder {root}")
+        return text[len(root) + 1:]
 
     @property
-    def summary_path(self) -> Path:
-        return self.root / "run.json"
+    def annotations_path(self) -> Path | str:
+        return self.location("annotations.json")
 
     @property
-    def config_path(self) -> Path:
-        return self.root / "config.json"
+    def summary_path(self) -> Path | str:
+        return self.location("run.json")
 
     @property
-    def decisions_path(self) -> Path:
+    def config_path(self) -> Path | str:
+        return self.location("config.json")
+
+    @property
+    def decisions_path(self) -> Path | str:
         """A review's decisions (``clearclip.review.decisions``), kept with the run and carried by refilter."""
-        return self.root / "review.json"
+        return self.location("review.json")
 
-    def inside(self, path: Path) -> Path:
-        """``path`` if writing or deleting it stays inside the run folder (see ``paths.contained``)."""
-        return contained(self.root, path)
+    def inside(self, path: Path | str) -> Path | str:
+        """``path`` if writing or deleting it stays inside the run folder (see ``paths.contained``); object
+        storage has no links, and its keys come from names the path gate checked."""
+        return path if self.remote else contained(self.root, path)
+
+    def write(self, location: Path | str, data: bytes) -> None:
+        """Write a file of the folder whole (atomically), through the path gate."""
+        self.store.write_bytes(self._key(self.inside(location)), data)
+
+    def write_json(self, location: Path | str, data, indent: int | None = None) -> None:
+        self.write(location, json.dumps(data, indent=indent, ensure_ascii=False).encode("utf-8"))
+
+    def delete(self, location: Path | str) -> None:
+        self.store.delete(self._key(self.inside(location)))
+
+    @contextmanager
+    def written_through(self, location: Path | str) -> Iterator[Path]:
+        """A local path whose file becomes ``location`` when the block ends without an error: locally the
+        location itself (the writer writes it atomically), on object storage a temp file uploaded whole."""
+        if not self.remote:
+            yield Path(self.inside(location))
+            return
+        with self.store.writing(self._key(location)) as path:
+            yield path
+
+    def exists(self, location: Path | str) -> bool:
+        return self.store.info(self._key(location)) is not None
 
     def read_summary(self) -> dict:
         """``run.json`` of a finished run; ClearCLIPError saying what to do when it is missing or not a summary."""
         try:
-            summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+            summary = json.loads(self.store.read_bytes("run.json").decode("utf-8"))
         except FileNotFoundError as error:
             raise ClearCLIPError(f"{self.root} is not a finished run (no run.json); run clearclip label first") from error
         except (OSError, ValueError) as error:
@@ -97,44 +150,48 @@ class RunFolder:
         if not isinstance(summary, dict) or not isinstance(summary.get("dataset"), str):
             raise ClearCLIPError(f"{self.summary_path} is not a clearclip run summary; rerun clearclip label into "
                                  "this folder to rewrite it")
-        if not self.annotations_path.is_file():
+        if not self.exists(self.annotations_path):
             raise ClearCLIPError(f"{self.root} is not a finished run (no annotations.json); run clearclip label first")
         return summary
 
     def mark(self) -> None:
         """Create the folder with its marker (listings skip marked folders)."""
+        if self.remote:
+            if self.store.info(RUN_MARKER) is None:
+                self.store.write_bytes(RUN_MARKER, b"")
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / RUN_MARKER).touch()
 
     @property
-    def labels_dir(self) -> Path:
-        return self.root / "labels"
+    def labels_dir(self) -> Path | str:
+        return self.location("labels")
 
     @property
-    def manifests_dir(self) -> Path:
-        return self.root / "manifests"
+    def manifests_dir(self) -> Path | str:
+        return self.location("manifests")
 
-    def record_path(self, name: str) -> Path:
-        return self.root / "records" / f"{name}.json"
+    def record_path(self, name: str) -> Path | str:
+        return self.location(f"records/{name}.json")
 
-    def label_path(self, name: str) -> Path:
+    def label_path(self, name: str) -> Path | str:
         """``labels/<relative path without extension>.png``."""
-        return self.labels_dir / label_map_name(name)
+        return self.location(f"labels/{label_map_name(name)}")
 
-    def manifest_path(self, key: str) -> Path:
-        return self.manifests_dir / f"{key}.json"
+    def manifest_path(self, key: str) -> Path | str:
+        return self.location(f"manifests/{key}.json")
 
-    def shard_marker_path(self, key: str) -> Path:
-        return self.root / "shards" / f"{key}.json"
+    def shard_marker_path(self, key: str) -> Path | str:
+        return self.location(f"shards/{key}.json")
 
-    def progress_path(self, key: str) -> Path:
-        return self.root / "progress" / f"{key}.json"
+    def progress_path(self, key: str) -> Path | str:
+        return self.location(f"progress/{key}.json")
 
     # ------------------------------------------------------------------------------------------ set-up
     def read_config(self) -> dict | None:
         """The stored ``config.json``, None when absent; ClearCLIPError when it is not a run config."""
         try:
-            data = json.loads(self.config_path.read_text(encoding="utf-8"))
+            data = json.loads(self.store.read_bytes("config.json").decode("utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
@@ -146,6 +203,8 @@ class RunFolder:
         return data
 
     def has_records(self) -> bool:
+        if self.remote:
+            return bool(self.store.list("records"))
         records = self.root / "records"
         return records.is_dir() and any(records.iterdir())
 
@@ -163,7 +222,7 @@ class RunFolder:
             )
         self.mark()
         if existing != info:
-            write_json(self.config_path, info, indent=2)
+            self.write_json(self.config_path, info, indent=2)
 
     @contextmanager
     def lock(self, exclusive: bool) -> Iterator[None]:
@@ -171,6 +230,10 @@ class RunFolder:
 
         Raises EnvironmentFailure at once when another process holds it the other way.
         """
+        if self.remote:
+            with lease.held(self.store, exclusive, _holder("clearclip label" if exclusive else "a shard run")):
+                yield
+            return
         self._make_root()
         with open(self.root / ".lock", "a+b") as handle:
             try:
@@ -190,7 +253,12 @@ class RunFolder:
     def orchestrated(self, owner: str) -> Iterator[None]:
         """Hold the folder for one orchestrating run (a ``label-dataset`` parent) from plan to merge; its shards
         take the shared lock meanwhile. A second parent is refused at once, naming ``owner`` of the first.
-        The hold ends with the holder's process, so the parent of a rerun after a crash is not refused."""
+        The hold ends with the holder's process, so the parent of a rerun after a crash is not refused (on
+        object storage: its lease expires, ``run.lease``)."""
+        if self.remote:
+            with lease.orchestrating(self.store, owner):
+                yield
+            return
         self._make_root()
         path = self.inside(self.root / ".orchestrator.lock")
         with open(path, "a+b") as handle:
@@ -219,7 +287,10 @@ class RunFolder:
             yield free
 
     def remove_temp_files(self) -> int:
-        """Delete what killed writers left (``.*.tmp``); only while holding the folder exclusively."""
+        """Delete what killed writers left (``.*.tmp``); only while holding the folder exclusively. Object
+        storage has none: an upload that never completed leaves no object."""
+        if self.remote:
+            return 0
         removed = 0
         for path in self.root.rglob(f".*{TEMP_SUFFIX}"):
             path.unlink(missing_ok=True)
@@ -231,9 +302,9 @@ class RunFolder:
         the order of sums, so the last bits of scores and, at region edges, areas). Refuse a labeler that would
         compute otherwise, so one folder never mixes results. An unreadable record counts as none."""
         wanted = {"precision": precision, **({"threads": threads} if threads else {})}
-        path = self.inside(self.root / "precision.json")
-        if not create_text(path, json.dumps(wanted)) and self._claim() is None:
-            write_json(path, wanted)
+        key = self._key(self.inside(self.location("precision.json")))
+        if not self.store.create(key, json.dumps(wanted).encode()) and self._claim() is None:
+            self.write_json(self.location(key), wanted)
         claimed = self._claim() or wanted
         if claimed["precision"] != precision:
             raise ClearCLIPError(
@@ -254,7 +325,7 @@ class RunFolder:
         return claim["precision"] if claim else None
 
     def _claim(self) -> dict | None:
-        claim = self.read_json(self.root / "precision.json")
+        claim = self.read_json(self.location("precision.json"))
         if not isinstance(claim, dict) or not isinstance(claim.get("precision"), str):
             return None
         if not isinstance(claim.get("threads", 1), int) or isinstance(claim.get("threads"), bool):
@@ -265,30 +336,59 @@ class RunFolder:
     def read_header(self, name: str) -> dict | None:
         """The header line of an image's record, or None when there is no readable, well-formed one."""
         try:
-            with open(self.record_path(name), "rb") as f:
-                header = json.loads(f.readline(HEADER_LIMIT))
+            header = json.loads(self.store.read_line(f"records/{name}.json", HEADER_LIMIT))
         except (OSError, ValueError):
             return None
         return header if _well_formed(header, name) else None
 
-    def state(self, image: ImageFile, header: dict | None = None) -> str:
+    def parse_record(self, name: str, data: bytes) -> tuple[dict | None, list[str]]:
+        """A record's header (None when it is not well formed) and its annotation lines."""
+        head, _, rest = data.partition(b"\n")
+        try:
+            header = json.loads(head[:HEADER_LIMIT])
+        except ValueError:
+            return None, []
+        lines = [line for line in rest.decode("utf-8", "replace").split("\n") if line.strip()]
+        return (header if _well_formed(header, name) else None), lines
+
+    def state(self, image: ImageFile, header: dict | None = None, labels: dict | None = None) -> str:
         """DONE, FAILED (retried by every run) or TODO (no record, a stale or malformed one, or no label map of
-        the image's size). Costs a stat and two short reads."""
+        the image's size). Costs a stat and two short reads; ``labels`` (a listing of ``labels/``, object
+        storage) replaces the label map's read."""
         header = header if header is not None else self.read_header(image.name)
-        if header is None or header.get("size") != image.size or header.get("mtime_ns") != image.mtime_ns:
+        if header is None or header.get("size") != image.size or not _same_version(header, image):
             return TODO
         if header["status"] == FAILED:
             return FAILED
+        if labels is not None:
+            return DONE if f"labels/{label_map_name(image.name)}" in labels else TODO
         return DONE if png_size(self.label_path(image.name)) == (header["width"], header["height"]) else TODO
 
-    def verified_lines(self, name: str, header: dict, category_ids: set[int]) -> list[str]:
+    def pending(self, images: Sequence[ImageFile]) -> list[ImageFile]:
+        """The ``images`` that are not done (in order). Locally ``state`` per image; on object storage two
+        listings: done when the record is no older than the image and the label map exists."""
+        if not self.remote:
+            return [image for image in images if self.state(image) != DONE]
+        records, labels = self.store.list("records"), self.store.list("labels")
+        todo = []
+        for image in images:
+            record = records.get(f"records/{image.name}.json")
+            if record is None or record.mtime_ns < image.mtime_ns or f"labels/{label_map_name(image.name)}" not in labels:
+                todo.append(image)
+        return todo
+
+    def listed_labels(self) -> dict | None:
+        """The listing of ``labels/`` on object storage (for ``state``); None locally."""
+        return self.store.list("labels") if self.remote else None
+
+    def verified_lines(self, name: str, header: dict, category_ids: set[int], lines: list[str] | None = None) -> list[str]:
         """The stored annotations of a done image (one JSON object a line, without ``id`` and ``image_id``), each
         parsed and checked against the image (known category, RLE of the image's size, box and area inside it,
-        score in [0, 1]) and the header's counts. Raises ValueError saying what is wrong."""
+        score in [0, 1]) and the header's counts. ``lines``: the record's lines, read already. Raises ValueError
+        saying what is wrong."""
         width, height = header["width"], header["height"]
-        with open(self.record_path(name), "rb") as f:
-            f.readline()
-            lines = [line.decode("utf-8").rstrip("\n") for line in f if line.strip()]
+        if lines is None:
+            lines = self.parse_record(name, self.store.read_bytes(f"records/{name}.json"))[1]
         counts: dict[str, int] = {}
         for number, line in enumerate(lines, start=2):
             try:
@@ -301,40 +401,53 @@ class RunFolder:
             raise ValueError(f"its header counts {header['per_category']} annotations, its lines {counts}")
         return lines
 
+    def write_label(self, name: str, png: bytes) -> int:
+        """Write an image's label map (before its record); returns its size."""
+        self.write(self.label_path(name), png)
+        return len(png)
+
     def write_record(self, image: ImageFile, width: int, height: int, annotation_lines: list[str],
-                     category_ids: list[int], precision: str) -> None:
+                     category_ids: list[int], precision: str) -> int:
         """Commit a labeled image (its label map must already be written): its annotations, one JSON object a
-        line, and the category id of each."""
+        line, and the category id of each. Returns the record's size."""
         per_category: dict[str, int] = {}
         for category_id in category_ids:
             key = str(category_id)
             per_category[key] = per_category.get(key, 0) + 1
-        header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, "status": DONE,
+        header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, **_etag(image), "status": DONE,
                   "width": int(width), "height": int(height), "precision": precision, "per_category": per_category}
-        lines = [json.dumps(header, ensure_ascii=False), *annotation_lines]
-        write_text(self.inside(self.record_path(image.name)), "\n".join(lines) + "\n")
+        data = ("\n".join([json.dumps(header, ensure_ascii=False), *annotation_lines]) + "\n").encode("utf-8")
+        self.write(self.record_path(image.name), data)
+        return len(data)
 
     def write_failure(self, image: ImageFile, error: str) -> int:
-        """Record that an image failed; returns how many attempts have failed so far."""
+        """Record that an image failed; returns how many attempts have failed so far. On object storage the
+        label map of an earlier version goes first (done is read off listings there)."""
         previous = self.read_header(image.name)
         attempts = int(previous.get("attempts", 0)) + 1 if previous and previous["status"] == FAILED else 1
-        header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, "status": FAILED,
-                  "error": error, "attempts": attempts}
-        write_text(self.inside(self.record_path(image.name)), json.dumps(header, ensure_ascii=False) + "\n")
+        header = {"file": image.name, "size": image.size, "mtime_ns": image.mtime_ns, **_etag(image),
+                  "status": FAILED, "error": error, "attempts": attempts}
+        if self.remote:
+            self.delete(self.label_path(image.name))
+        self.write(self.record_path(image.name), (json.dumps(header, ensure_ascii=False) + "\n").encode("utf-8"))
         return attempts
 
     def forget_record(self, name: str) -> None:
         """Delete an image's record, so that the next run labels it again."""
-        self.inside(self.record_path(name)).unlink(missing_ok=True)
+        self.delete(self.record_path(name))
 
     def remove(self, name: str) -> None:
         """Forget an image: its record and its label map."""
         record, label = self.inside(self.record_path(name)), self.inside(self.label_path(name))  # both, then delete
-        record.unlink(missing_ok=True)
-        label.unlink(missing_ok=True)
+        self.delete(record)
+        self.delete(label)
 
     def recorded_names(self) -> Iterator[str]:
         """Names of every image that has a record (any state), in no particular order."""
+        if self.remote:
+            yield from (key[len("records/") : -len(".json")] for key in self.store.list("records")
+                        if key.endswith(".json"))
+            return
         records = self.root / "records"
         for directory, _, files in os.walk(records):
             for file in files:
@@ -347,12 +460,12 @@ class RunFolder:
         ``a.jpg`` and ``a.png`` in one folder would share ``labels/a.png``: the first in sorted order is
         labeled, the other reported with what to do.
         """
-        owner: dict[Path, str] = {}
+        owner: dict[Path | str, str] = {}
         kept, problems = [], []
         for image in images:
             target = self.label_path(image.name)
             if target in owner:
-                problems.append({"file": image.name, "error": f"its label map {target.name} would overwrite that of "
+                problems.append({"file": image.name, "error": f"its label map {_basename(target)} would overwrite that of "
                                                               f"{owner[target]}; rename one of them"})
                 continue
             owner[target] = image.name
@@ -360,30 +473,34 @@ class RunFolder:
         return kept, problems
 
     # ------------------------------------------------------------------------------------------ shards
-    def write_manifest(self, names: list[str]) -> Path:
-        """Write a shard's file list (always: a file found there is never trusted); returns its path, named by
-        the content's key."""
-        path = self.inside(self.manifest_path(manifest_key(names)))
-        write_json(path, {"files": sorted(names)})
-        return path
+    def write_manifest(self, names: list[str]) -> Path | str:
+        """Write a shard's file list (always: a file found there is never trusted); returns its location, named
+        by the content's key."""
+        location = self.manifest_path(manifest_key(names))
+        self.write_json(location, {"files": sorted(names)})
+        return location
 
     def read_manifest(self, path: str | Path) -> list[str]:
         """The names of a shard manifest of this run folder, each checked by the path gate (and the set against
         the manifest's key). Raises ClearCLIPError naming the manifest: an EnvironmentFailure when it cannot be
         read (the file system may serve it on another try)."""
-        path = Path(path)
-        if path.parent.resolve() != self.manifests_dir.resolve():
+        stem = _basename(path).removesuffix(".json")
+        if self.remote:
+            inside = str(path) == str(self.manifest_path(stem))
+        else:
+            inside = Path(path).parent.resolve() == Path(self.manifests_dir).resolve()
+        if not inside:
             raise ClearCLIPError(f"shard manifest {path} is not in {self.manifests_dir}; a shard reads only "
                                  "manifests its run wrote")
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
+            text = self.store.read_bytes(f"manifests/{_basename(path)}").decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
             raise EnvironmentFailure(f"cannot read shard manifest {path}: {error}") from error
         try:
             names = [checked_name(name, path) for name in json.loads(text)["files"]]
         except (ValueError, KeyError, TypeError) as error:
             raise ClearCLIPError(f"cannot read shard manifest {path}: {error}") from error
-        if manifest_key(names) != path.stem:
+        if manifest_key(names) != stem:
             raise ClearCLIPError(f"shard manifest {path} does not hold the files its name says; it was altered")
         return names
 
@@ -398,11 +515,33 @@ class RunFolder:
             raise ClearCLIPError(f"this shard's job differs from {self.config_path} ({', '.join(changed)} differ); "
                                  "it wrote nothing. Start the run again so its shards get the run's job")
 
-    def read_json(self, path: Path) -> dict | None:
+    def read_json(self, location: Path | str) -> dict | None:
+        """A JSON file of the folder, None when it is missing or not JSON."""
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(self.store.read_bytes(self._key(location)).decode("utf-8"))
         except (OSError, ValueError):
             return None
+
+
+def _holder(what: str) -> str:
+    return f"{what} (pid {os.getpid()} on {os.uname().nodename})"
+
+
+def _basename(location: Path | str) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _etag(image: ImageFile) -> dict:
+    """The header's ``etag`` of an image on object storage; nothing for a local file (records as before)."""
+    return {"etag": image.etag} if image.etag else {}
+
+
+def _same_version(header: dict, image: ImageFile) -> bool:
+    """Whether a record's header was written for this version of the image: its modification time locally,
+    its ETag on object storage (listings give modification times to the second only)."""
+    if image.etag:
+        return header.get("etag") == image.etag
+    return header.get("mtime_ns") == image.mtime_ns
 
 
 def _whole(value, low: int = 0) -> bool:

@@ -151,6 +151,34 @@ def dilations_check(value):
     return values
 
 
+SECRET_WORDS = ("secret", "password", "token", "key", "credential", "sas", "session")
+
+
+def storage_options_check(value):
+    """Non-secret options of the fsspec backend, as a mapping or ``KEY=VALUE`` strings (a value that reads as
+    JSON is parsed: ``use_ssl=false``). Credentials are refused: each machine supplies its own."""
+    if value is None:
+        return {}
+    if isinstance(value, (list, tuple)):
+        pairs = {}
+        for item in value:
+            key, sep, raw = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"must be KEY=VALUE pairs ({item!r} is not one)")
+            try:
+                pairs[key.strip()] = json.loads(raw)
+            except ValueError:
+                pairs[key.strip()] = raw
+        value = pairs
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("must be a mapping of option names to values")
+    secret = [k for k in value if any(word in k.lower() for word in SECRET_WORDS)]
+    if secret:
+        raise ValueError(f"must not hold credentials ({', '.join(sorted(secret))}): give them to each machine "
+                         "through the environment, a profile or an instance role, never to a job")
+    return dict(value)
+
+
 def option(default, help: str, check: Callable, group: str, flag: str | None = None, **extra):
     """A job field: default, help text, the check of its value, its CLI group and flag."""
     metadata = {"help": help, "check": check, "group": group, "flag": flag, **extra}
@@ -163,6 +191,7 @@ MODEL = "model"
 SEGMENTATION = "segmentation (defaults are the paper's settings)"
 FILTERING = "confidence filtering"
 THROUGHPUT = "throughput"
+STORAGE = "object storage"
 
 
 @dataclass(frozen=True)
@@ -221,6 +250,11 @@ class LabelJob:
                             whole(-1), THROUGHPUT)
     threads: int = option(-1, "intra-op threads of the model on the CPU (-1 = the cores this process may use, from "
                           "its CPU affinity and cgroup quota)", whole(-1), THROUGHPUT)
+    storage_options: dict = option({}, "non-secret options of the storage of s3://, gs://, az:// locations, as "
+                                   "KEY=VALUE (repeatable), e.g. client_kwargs='{\"endpoint_url\": \"http://host:8333\"}'"
+                                   " for an S3-compatible server; credentials come from each machine's environment, "
+                                   "profiles or roles", storage_options_check, STORAGE, flag="--storage-option",
+                                   metavar="KEY=VALUE")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -238,11 +272,13 @@ class LabelJob:
         """The parsed form of the job (vocabulary, settings, filters); reads the class and thresholds files
         when the job names files. Raises ClearCLIPError for bad values."""
         if isinstance(self.classes, str):
-            vocabulary = Vocabulary.from_text(read_user_text(self.classes, "class file"), self.classes)
+            vocabulary = Vocabulary.from_text(read_user_text(self.classes, "class file", self.storage_options),
+                                              self.classes)
         else:
             vocabulary = Vocabulary.from_strings(self.classes)
         default = Thresholds(self.pixel_threshold, self.min_score, self.min_area, self.min_area_fraction)
-        per_class = load_class_thresholds(self.class_thresholds, default, vocabulary) if self.class_thresholds else {}
+        per_class = load_class_thresholds(self.class_thresholds, default, vocabulary,
+                                          self.storage_options) if self.class_thresholds else {}
         settings = SegmentSettings(self.short_side, self.max_long_side, self.crop, self.stride, self.logit_scale,
                                    self.background_threshold, refine=self.refine,
                                    pamr_iterations=self.pamr_iterations).with_overrides(
@@ -250,7 +286,7 @@ class LabelJob:
         if settings.background_threshold > 0 and not vocabulary.has_background:
             raise ClearCLIPError("background_threshold needs 'background' as the first class of the vocabulary")
         return LabelConfig(vocabulary, settings, RegionFilter(default, per_class, self.instances), self.batch_size,
-                           self.workers, self.max_pixels, self.finishers, self.threads)
+                           self.workers, self.max_pixels, self.finishers, self.threads, self.storage_options)
 
     def resolved(self, config: "LabelConfig | None" = None) -> "LabelJob":
         """The same job with its files read: classes as strings (synonyms included) and per-class thresholds as
@@ -302,6 +338,7 @@ class LabelConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     finishers: int = -1  # finishing processes; -1: the cores left, at least 1; 0: a thread of this process
     threads: int = -1  # the model's intra-op threads on the CPU; -1: the cores this process may use
+    storage_options: dict = field(default_factory=dict)  # of the dataset's and run folder's object storage
 
     def workers(self) -> int:
         return decode_workers(self.num_workers)

@@ -1,6 +1,6 @@
 """The merge: every finished image's record into ``annotations.json``, and the run summary ``run.json``.
 
-Streams: one image's annotations are in memory at a time, and stored annotation lines are copied with
+Streams: one chunk of records (READ_AHEAD images) is in memory at a time, and stored annotation lines are copied with
 their ids prepended, so the merge of a million images costs time, not memory. Each line is parsed and
 checked first: a record that does not hold what clearclip writes is left out (with a warning naming it) and
 forgotten, so the next run labels its image again, and ``annotations.json`` is always valid COCO.
@@ -13,10 +13,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ..annotations.coco import CocoWriter, categories
-from ..io.atomic import write_json
 from ..io.images import ImageFile
 from ..vocabulary import Vocabulary
-from .folder import DONE, FAILED, RunFolder
+from .folder import DONE, FAILED, TODO, RunFolder
+
+READ_AHEAD = 256  # records read at once (concurrently on object storage); one chunk is in memory at a time
 
 
 def merge_run(
@@ -39,25 +40,30 @@ def merge_run(
     known = {c["id"] for c in run_categories}
     per_category: Counter[int] = Counter()
     failures, missing = [dict(p) for p in problems], []
-    with CocoWriter(folder.annotations_path, info, run_categories) as coco:
-        for image in images:
-            header = folder.read_header(image.name)
-            state = folder.state(image, header)
-            if state == DONE:
-                try:
-                    lines = folder.verified_lines(image.name, header, known)
-                except (OSError, ValueError) as error:
-                    warnings.warn(f"{folder.record_path(image.name)} is not a record clearclip wrote ({error}); the "
-                                  "image is left out and labeled again by the next run", stacklevel=2)
-                    folder.forget_record(image.name)
+    labels = folder.listed_labels()
+    with folder.written_through(folder.annotations_path) as path, CocoWriter(path, info, run_categories) as coco:
+        for start in range(0, len(images), READ_AHEAD):
+            chunk = images[start : start + READ_AHEAD]
+            records = folder.store.read_many(f"records/{image.name}.json" for image in chunk)
+            for image in chunk:
+                data = records[f"records/{image.name}.json"]
+                header, lines = folder.parse_record(image.name, data) if isinstance(data, bytes) else (None, [])
+                state = folder.state(image, header, labels) if header is not None else TODO
+                if state == DONE:
+                    try:
+                        lines = folder.verified_lines(image.name, header, known, lines)
+                    except (OSError, ValueError) as error:
+                        warnings.warn(f"{folder.record_path(image.name)} is not a record clearclip wrote ({error}); "
+                                      "the image is left out and labeled again by the next run", stacklevel=2)
+                        folder.forget_record(image.name)
+                        missing.append(image.name)
+                        continue
+                    coco.add_image(image.name, header["width"], header["height"], lines)
+                    per_category.update({int(k): v for k, v in header["per_category"].items()})
+                elif state == FAILED:
+                    failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})
+                else:
                     missing.append(image.name)
-                    continue
-                coco.add_image(image.name, header["width"], header["height"], lines)
-                per_category.update({int(k): v for k, v in header["per_category"].items()})
-            elif state == FAILED:
-                failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})
-            else:
-                missing.append(image.name)
     removed = 0
     if exclusive:
         listed = {image.name for image in images}
@@ -77,7 +83,7 @@ def merge_run(
         "removed_records_of_deleted_images": removed,
         **(extra or {}),
     }
-    write_json(folder.summary_path, summary, indent=2)
+    folder.write_json(folder.summary_path, summary, indent=2)
     return summary
 
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING
 from ..errors import EnvironmentFailure, one_line
 from ..io.budget import DEFAULT_DECODE_BUDGET, PixelBudget
 from ..io.images import ImageFile, ImageLoadError, load_image
+from ..io.storage import is_url, open_storage
 from .finish import Finishers
-from .folder import DONE, RunFolder, is_disk_full
+from .folder import RunFolder, is_disk_full
 from .job import LabelConfig
 
 if TYPE_CHECKING:
     from ..inference.segmentation import PreparedImage
 
+FETCH_AHEAD = 16  # objects each decoding process fetches ahead of its decoder (object storage)
 FAILURES_LOGGED = 20  # failures reported one by one per call; the rest are counted (run.json lists them all)
 
 
@@ -50,8 +52,18 @@ class LabelStats:
                 "batch_size": self.batch_size}
 
 
-def stat_images(root: str | Path, names: Sequence[str]) -> list[ImageFile]:
-    """ImageFiles for names relative to ``root``; a missing file gets size -1, so it is never done."""
+def stat_images(root: str | Path, names: Sequence[str], options: dict | None = None) -> list[ImageFile]:
+    """ImageFiles for names relative to ``root`` (a folder, or an fsspec URL: ``options`` its storage's,
+    FETCH_AHEAD objects asked at once); a missing file gets size -1, so it is never done."""
+    if is_url(root):
+        storage = open_storage(root, options)
+
+        def stat(name: str) -> ImageFile:
+            info = storage.info(name)
+            return ImageFile(name, info.size, info.mtime_ns, info.etag) if info else ImageFile(name, -1, -1)
+
+        with ThreadPoolExecutor(FETCH_AHEAD) as pool:
+            return list(pool.map(stat, names))
     images = []
     for name in names:
         try:
@@ -72,15 +84,20 @@ def _start_decode_worker(_: int) -> None:
 
 class ImageFolder:
     """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None,
-    pixels reserved in the budget)``; decoders wait on ``budget`` before decoding."""
+    pixels reserved in the budget)``; decoders wait on ``budget`` before decoding. ``root`` is a folder or
+    an fsspec URL (``RemoteImages`` fetches those ahead)."""
 
-    def __init__(self, root: Path, images: Sequence[ImageFile], max_pixels: int, budget: PixelBudget) -> None:
+    def __init__(self, root: Path | str, images: Sequence[ImageFile], max_pixels: int, budget: PixelBudget,
+                 options: dict | None = None) -> None:
         self.root, self.images, self.max_pixels, self.budget = root, list(images), max_pixels, budget
+        self.remote = RemoteImages(root, self.images, options) if is_url(root) else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None, int]:
+        if self.remote is not None:
+            return self._decode_fetched(index)
         name = self.images[index].name
         path = self.root / name
         reserved = 0
@@ -102,6 +119,67 @@ class ImageFolder:
         from ..inference.segmentation import prepare_image
 
         return image, prepare_image(array), None, reserved
+
+    def _decode_fetched(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None, int]:
+        """``__getitem__`` of an object: its bytes fetched ahead; the listed version is the one recorded (the
+        merge relabels an image whose object changed since it was listed)."""
+        image = self.images[index]
+        location = f"{self.root}/{image.name}"
+        reserved = 0
+        with self.budget.turn(index) as reserve_turn:
+
+            def reserve(pixels: int) -> None:
+                nonlocal reserved
+                reserve_turn(pixels)
+                reserved = pixels
+
+            try:
+                content = self.remote.fetch(index)
+                if len(content) != image.size:  # replaced since it was listed: record it as no known version
+                    image = ImageFile(image.name, len(content), image.mtime_ns)
+                array = load_image(location, self.max_pixels, reserve, content=content)
+            except FileNotFoundError:
+                return image, None, "object not found (deleted while the run was going)", reserved
+            except ImageLoadError as error:
+                return image, None, error.reason, reserved
+            except OSError as error:
+                return image, None, f"cannot be fetched ({one_line(error)})", reserved
+        from ..inference.segmentation import prepare_image
+
+        return image, prepare_image(array), None, reserved
+
+
+class RemoteImages:
+    """The bytes of a dataset's objects, fetched FETCH_AHEAD at a time ahead of the decoder that asks for
+    them. In a DataLoader worker, the items it will be asked for next are the ones its own turn comes to
+    (workers take items in turn), so each worker fetches ahead along its own share."""
+
+    def __init__(self, root: str, images: list[ImageFile], options: dict | None) -> None:
+        self.root, self.images, self.options = root, images, options
+        self._storage = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future] = {}
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root, "images": self.images, "options": self.options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"], state["images"], state["options"])
+
+    def fetch(self, index: int) -> bytes:
+        if self._pool is None:
+            self._storage = open_storage(self.root, self.options)
+            self._pool = ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="fetch")
+        from torch.utils.data import get_worker_info
+
+        worker = get_worker_info()
+        step = worker.num_workers if worker is not None else 1
+        for ahead in range(index, min(len(self.images), index + step * FETCH_AHEAD), step):
+            if ahead not in self._ahead:
+                self._ahead[ahead] = self._pool.submit(self._storage.read_bytes, self.images[ahead].name)
+        for stale in [i for i in self._ahead if i < index]:  # skipped by the loader: never asked for again
+            self._ahead.pop(stale).cancel()
+        return self._ahead.pop(index).result()
 
 
 def _batches(loader, budget: PixelBudget, batch_size: int) -> Iterator[list]:
@@ -177,9 +255,9 @@ def label_images(
     ``model`` is a ClearCLIP or a function that loads one (called only if there is work).
     ``on_progress(n)`` is called with the number of images finished (labeled or failed) so far.
     """
-    root = Path(root)
+    root = root if is_url(root) else Path(root)
     start = time.perf_counter()
-    todo = [image for image in images if folder.state(image) != DONE]
+    todo = folder.pending(images)
     stats = LabelStats(skipped=len(images) - len(todo), batch_size=config.batch_size)
     if not todo:
         return stats
@@ -201,7 +279,7 @@ def label_images(
     workers = config.workers()
     budget = PixelBudget(max(config.max_pixels, DEFAULT_DECODE_BUDGET))
     loader = DataLoader(
-        ImageFolder(root, todo, config.max_pixels, budget), batch_size=1, num_workers=workers,
+        ImageFolder(root, todo, config.max_pixels, budget, config.storage_options), batch_size=1, num_workers=workers,
         collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 * config.batch_size if workers else None,
         worker_init_fn=_start_decode_worker if workers else None,
     )
@@ -238,7 +316,8 @@ def label_images(
                     attempts = folder.write_failure(image, error)
                     stats.failures[image.name] = error
                     if len(stats.failures) <= FAILURES_LOGGED:
-                        log(f"skipped {root / image.name}: {error}" + (f" (attempt {attempts})" if attempts > 1 else ""))
+                        where = f"{root}/{image.name}" if is_url(root) else root / image.name
+                        log(f"skipped {where}: {error}" + (f" (attempt {attempts})" if attempts > 1 else ""))
                     finished()
                 current = ([image for image, _ in ready], segment([p for _, p in ready])) if ready else None
                 if previous is not None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClearCLIPError
-from ..io.images import IMAGE_EXTENSIONS, ImageFile, scan_images
+from ..io.images import IMAGE_EXTENSIONS, ImageFile, ImageListing, list_objects, scan_images
+from ..io.storage import is_url, local_path, open_storage
 from ..vocabulary import Vocabulary
-from .folder import DONE, RUN_MARKER, RunFolder
+from .folder import RUN_MARKER, RunFolder
 from .merge import merge_run
 
 
@@ -26,7 +27,7 @@ class RunPlan:
     and the names that need work (new, changed, failed or unfinished), sorted."""
 
     folder: RunFolder
-    dataset: Path
+    dataset: Path | str  # a local folder, or an fsspec URL
     info: dict
     vocabulary: Vocabulary
     images: list[ImageFile]
@@ -34,19 +35,36 @@ class RunPlan:
     todo: list[str]
 
 
-def plan_run(dataset: str | Path, folder: RunFolder, info: dict, vocabulary: Vocabulary) -> RunPlan:
-    """List ``dataset``, prepare ``folder`` for ``info`` (refusing other settings) and decide image by image
-    what needs work. Raises ClearCLIPError for a missing or empty dataset."""
-    dataset = Path(dataset)
-    if dataset.is_dir() and folder.root.exists() and folder.root.resolve() == dataset.resolve():
+def list_dataset(dataset: str | Path, folder: RunFolder, options: dict | None = None) -> ImageListing:
+    """The images of a local folder or an object-storage URL, run folders (``folder`` among them) skipped.
+    Raises ClearCLIPError for a missing dataset, or one that is ``folder`` itself."""
+    if is_url(dataset):
+        dataset = str(dataset).rstrip("/")
+        if dataset == str(folder.root):
+            raise ClearCLIPError(f"out {folder.root} is the dataset itself; give the run a prefix of its own, e.g. "
+                                 f"{dataset}-run")
+        out = str(folder.root)
+        inside = (out[len(dataset) + 1:],) if out.startswith(dataset + "/") else ()
+        return list_objects(open_storage(dataset, options), exclude=inside, marker=RUN_MARKER)
+    dataset = local_path(dataset)
+    if not folder.remote and dataset.is_dir() and folder.root.exists() and folder.root.resolve() == dataset.resolve():
         raise ClearCLIPError(f"--out {folder.root} is the dataset folder itself; give a folder of its own, e.g. "
                              f"{dataset.resolve().parent / (dataset.resolve().name + '-run')}")
-    listing = scan_images(dataset, exclude=(folder.root,), marker=RUN_MARKER)
+    return scan_images(dataset, exclude=() if folder.remote else (folder.root,), marker=RUN_MARKER)
+
+
+def plan_run(dataset: str | Path, folder: RunFolder, info: dict, vocabulary: Vocabulary,
+             options: dict | None = None) -> RunPlan:
+    """List ``dataset`` (a folder or an fsspec URL; ``options`` its storage's), prepare ``folder`` for ``info``
+    (refusing other settings) and decide image by image what needs work. Raises ClearCLIPError for a missing
+    or empty dataset."""
+    listing = list_dataset(dataset, folder, options)
     if not listing.images:
         raise ClearCLIPError(f"no images under {dataset} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, any case)")
     folder.prepare(info)
     images, collisions = folder.split_collisions(listing.images)
-    todo = [image.name for image in images if folder.state(image) != DONE]
+    todo = [image.name for image in folder.pending(images)]
+    dataset = str(dataset).rstrip("/") if is_url(dataset) else local_path(dataset)
     return RunPlan(folder, dataset, info, vocabulary, images, listing.problems + collisions, todo)
 
 
@@ -59,7 +77,7 @@ def finish_run(plan: RunPlan, invocation: dict, exclusive: bool) -> dict:
     seconds, labeled = invocation["seconds"], invocation["labeled"]
     extra = {
         "run_dir": str(plan.folder.root),
-        "dataset": str(plan.dataset.resolve()),
+        "dataset": plan.dataset if isinstance(plan.dataset, str) else str(plan.dataset.resolve()),
         "images_per_second": labeled / seconds if seconds and labeled else 0.0,
         "last_invocation": invocation,
     }
@@ -84,16 +102,17 @@ def label_folder(model, dataset_dir: str | Path, run_dir: str | Path, config, in
     job's ``LabelConfig`` and ``info`` (``LabelJob.info``) what the run computes; a run folder takes one. The
     folder is held exclusively for the whole call.
     """
-    from .pipeline import label_images, stat_images
+    from .pipeline import label_images
 
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir, config.storage_options)
     model = model if hasattr(model, "segment_prepared") else functools.cache(model)  # loaded once, if at all
     records, seconds, first = [], 0.0, None
     with folder.lock(exclusive=True):
         for _ in range(2):  # a record the merge refuses is forgotten: one more pass labels its image again
-            plan = plan_run(dataset_dir, folder, info, config.vocabulary)
+            plan = plan_run(dataset_dir, folder, info, config.vocabulary, config.storage_options)
             first = first or plan
-            stats = label_images(model, plan.dataset, stat_images(plan.dataset, plan.todo), folder, config,
+            todo = _to_label(plan)
+            stats = label_images(model, plan.dataset, todo, folder, config,
                                  progress=progress)
             records += [stats.record()] if plan.todo else []
             seconds += stats.seconds
@@ -101,6 +120,17 @@ def label_folder(model, dataset_dir: str | Path, run_dir: str | Path, config, in
             if not summary["missing"]:
                 break
         return summary
+
+
+def _to_label(plan: RunPlan) -> list[ImageFile]:
+    """The images of ``plan.todo``: as listed on object storage (the listing has their versions), stat'ed
+    again locally (what is decoded is recorded)."""
+    from .pipeline import stat_images
+
+    if is_url(plan.dataset):
+        wanted = set(plan.todo)
+        return [image for image in plan.images if image.name in wanted]
+    return stat_images(plan.dataset, plan.todo)
 
 
 def shard_slices(names: Sequence[str], size: int) -> list[list[str]]:

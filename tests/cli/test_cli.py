@@ -1,5 +1,6 @@
 """`clearclip segment`: outputs a person can look at, options that reach the job, and one-line errors."""
 
+import json
 import re
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def example_value(name):
     return {"templates": ["a {}."], "compile": True, "pretrained": "laion2b_s34b_b88k", "device": "cpu",
             "variant": "maskclip", "precision": "fp32", "instances": "semantic", "model": "ViT-L-14",
             "class_thresholds": "per_class.yaml", "workers": 3, "max_pixels": 1234, "refine": "pamr",
-            "pamr_dilations": [4, 8], "finishers": 2, "threads": 3}.get(name)
+            "pamr_dilations": [4, 8], "finishers": 2, "threads": 3,
+            "storage_options": {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}, "region_name": "r1"}}.get(name)
 
 
 @pytest.mark.parametrize("field", [f for f in fields(LabelJob) if f.name != "classes"], ids=lambda f: f.name)
@@ -75,6 +77,8 @@ def test_every_job_option_reaches_the_job(field):
     argument = [] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
     if value is True:
         argument = [flag]
+    if isinstance(value, dict):  # repeated KEY=VALUE, values that read as JSON parsed
+        argument = [part for key, item in value.items() for part in (flag, f"{key}={json.dumps(item)}")]
     args = build_parser().parse_args(["label", "data", "--class", "cat", *argument])
     assert getattr(job_from_args(args, ["cat"]), field.name) == value
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clearclip.run.finish as finish
 from clearclip.cli import main
 from clearclip.run.folder import RunFolder
 from folders import smooth_image, write_plain_folder
@@ -191,21 +190,21 @@ def test_a_second_run_into_a_busy_folder_is_refused(data, tmp_path, tiny_model_n
 
 def test_a_full_disk_is_one_line_and_a_rerun_resumes(data, reference, tmp_path, tiny_model_name, capsys, monkeypatch):
     out = tmp_path / "run"
-    real_save = finish.save_label_png
+    real_write = RunFolder.write_label
     written = []
 
-    def save_until_full(labels, path):
+    def write_until_full(folder, name, png):
         if len(written) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        written.append(path)
-        real_save(labels, path)
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder.label_path(name)))
+        written.append(name)
+        return real_write(folder, name, png)
 
-    monkeypatch.setattr(finish, "save_label_png", save_until_full)  # finishing in this process, to see the patch
+    monkeypatch.setattr(RunFolder, "write_label", write_until_full)  # finishing in this process, to see the patch
     assert main(label_args(data, out, tiny_model_name, "--batch-size", "1", "--finishers", "0")) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no space left on the device of" in err and str(out) in err
     assert "MB more for the 2 images left" in err and "rerun the same command" in err
-    monkeypatch.setattr(finish, "save_label_png", real_save)
+    monkeypatch.setattr(RunFolder, "write_label", real_write)
     assert main(label_args(data, out, tiny_model_name)) == 0
     assert (out / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
 

@@ -1,0 +1,285 @@
+"""Where data lives: a local folder or an fsspec URL (``s3://``, ``gs://``, ``az://``; ``file://`` is a local
+folder). One ``Storage`` is a root; everything under it is addressed by a ``/``-separated key.
+
+Every write is whole or absent: locally a temp file renamed into place (``io.atomic``), on object storage one
+PUT or one completed multipart upload (an object appears only when its upload completes). Credentials are
+never an argument here: fsspec's backends take them from each machine's standard sources (environment,
+profiles, instance roles); ``options`` holds only what is not secret (an endpoint URL, a region).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from ..errors import ClearCLIPError, EnvironmentFailure
+from .atomic import atomic_path, create_text, write_bytes
+
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gs"), "gcs": ("gcsfs", "gs"),
+            "az": ("adlfs", "az"), "abfs": ("adlfs", "az"), "abfss": ("adlfs", "az")}  # scheme: (module, extra)
+FETCH_CONCURRENCY = 32  # objects read at once by ``read_many`` (fsspec's async backends run them together)
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether ``location`` names object storage (``scheme://...``) rather than a local path."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    """A local location as a Path (``file://`` stripped)."""
+    text = str(location)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a listing tells of one object: its size, modification time and (object storage) ETag."""
+
+    size: int
+    mtime_ns: int
+    etag: str = ""
+
+
+def _filesystem(url: str, options: dict):
+    """The fsspec filesystem of ``url``; a missing backend is one ClearCLIPError naming the extra to install."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0].lower()
+    module, extra = BACKENDS.get(scheme, (None, None))
+    try:
+        return fsspec.filesystem(scheme, **options)
+    except (ImportError, ValueError) as error:
+        if module:
+            raise ClearCLIPError(f"{url}: reading {scheme}:// needs {module}; pip install 'clearclip[{extra}]'") from error
+        raise ClearCLIPError(f"{url}: no fsspec backend for {scheme}:// ({error})") from error
+
+
+def _modified_ns(info: dict) -> int:
+    """An fsspec listing entry's modification time in ns (each backend names it its own way)."""
+    value = next((info[k] for k in ("LastModified", "last_modified", "updated", "mtime", "modified") if k in info), 0)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime):
+        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+    return int(float(value) * 1e9)
+
+
+def _etag(info: dict) -> str:
+    return str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
+
+
+class LocalStorage:
+    """A local folder: atomic writes by rename, listings by ``os.walk``."""
+
+    remote = False
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = local_path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def location(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.location(key).read_bytes()
+
+    def read_line(self, key: str, limit: int) -> bytes:
+        with open(self.location(key), "rb") as f:
+            return f.readline(limit)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        """Each key's bytes, or the error reading it."""
+        out: dict[str, bytes | Exception] = {}
+        for key in keys:
+            try:
+                out[key] = self.read_bytes(key)
+            except OSError as error:
+                out[key] = error
+        return out
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        write_bytes(self.location(key), data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` unless it exists; returns whether this call created it."""
+        return create_text(self.location(key), data.decode("utf-8"))
+
+    def delete(self, key: str) -> None:
+        self.location(key).unlink(missing_ok=True)
+
+    def info(self, key: str) -> ObjectInfo | None:
+        try:
+            stat = os.stat(self.location(key))
+        except OSError:
+            return None
+        return ObjectInfo(stat.st_size, stat.st_mtime_ns)
+
+    def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every file under folder ``prefix`` (keys relative to the root), hidden files (temp files) excluded."""
+        found = {}
+        top = self.location(prefix)
+        for directory, _, files in os.walk(top):
+            for file in files:
+                if file.startswith("."):
+                    continue
+                path = Path(directory) / file
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                found[path.relative_to(self.root).as_posix()] = ObjectInfo(stat.st_size, stat.st_mtime_ns)
+        return found
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[Path]:
+        """A local path to write ``key`` through; it becomes ``key`` when the block ends without an error."""
+        with atomic_path(self.location(key)) as tmp:
+            yield tmp
+
+
+@dataclass
+class ObjectStorage:
+    """A prefix of an object store, through fsspec. ``options`` are the filesystem's non-secret options."""
+
+    url: str
+    options: dict = field(default_factory=dict)
+    remote = True
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        self.fs = _filesystem(self.url, self.options)
+        self._root = self.fs._strip_protocol(self.url).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"ObjectStorage({self.url!r})"
+
+    def __getstate__(self) -> dict:  # helper processes rebuild the filesystem (it holds an event loop)
+        return {"url": self.url, "options": self.options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.url, self.options = state["url"], state["options"]
+        self.__post_init__()
+
+    @property
+    def root(self) -> str:
+        return self.url
+
+    def location(self, key: str) -> str:
+        return f"{self.url}/{key}" if key else self.url
+
+    def _path(self, key: str) -> str:
+        return f"{self._root}/{key}" if key else self._root
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
+
+    def read_line(self, key: str, limit: int) -> bytes:
+        data = self.fs.cat_file(self._path(key), start=0, end=limit)
+        end = data.find(b"\n")
+        return data if end < 0 else data[: end + 1]
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
+        keys = list(keys)
+        paths = {self._path(k): k for k in keys}
+        out: dict[str, bytes | Exception] = {}
+        for start in range(0, len(keys), FETCH_CONCURRENCY * 8):
+            chunk = list(paths)[start : start + FETCH_CONCURRENCY * 8]
+            got = self.fs.cat(chunk, on_error="return", batch_size=FETCH_CONCURRENCY) if chunk else {}
+            for path in chunk:
+                value = got.get(path, FileNotFoundError(path))
+                out[paths[path]] = value if isinstance(value, (bytes, Exception)) else bytes(value)
+        return out
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._path(key), data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` unless it exists (a conditional PUT, ``If-None-Match: *``); whether this call did."""
+        try:
+            with self.fs.open(self._path(key), "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if "pre-condition" in str(error).lower() or "precondition" in str(error).lower():
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def info(self, key: str) -> ObjectInfo | None:
+        try:
+            info = self.fs.info(self._path(key))
+        except FileNotFoundError:
+            return None
+        if info.get("type") == "directory":
+            return None
+        return ObjectInfo(int(info["size"]), _modified_ns(info), _etag(info))
+
+    def list(self, prefix: str, hidden: bool = False) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix`` (one paged listing), keys relative to the root; unless ``hidden``, names
+        with a part starting with ``.`` excluded."""
+        base = self._path(prefix)
+        self.fs.invalidate_cache()
+        try:
+            entries = self.fs.find(base, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return {}
+        found = {}
+        cut = len(self._root) + 1
+        for path, info in entries.items():
+            key = path[cut:]
+            if info.get("type") == "directory" or (not hidden and any(p.startswith(".") for p in key.split("/"))):
+                continue
+            found[key] = ObjectInfo(int(info["size"]), _modified_ns(info), _etag(info))
+        return found
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[Path]:
+        """A local temp path to write ``key`` through; uploaded (multipart when large) when the block ends
+        without an error, so the object appears whole or not at all."""
+        folder = tempfile.mkdtemp(prefix="clearclip-upload-")
+        try:
+            path = Path(folder) / PurePosixPath(key).name
+            yield path
+            self.fs.put_file(str(path), self._path(key))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+Storage = LocalStorage | ObjectStorage
+
+
+def open_storage(location: str | Path, options: dict | None = None) -> Storage:
+    """The storage rooted at ``location``: a local path or ``file://`` URL, or an fsspec URL."""
+    return ObjectStorage(str(location), dict(options or {})) if is_url(location) else LocalStorage(location)
+
+
+def read_location(location: str | Path, options: dict | None = None, limit: int | None = None) -> bytes:
+    """The bytes of one file or object (at most ``limit``+1 of them, so a caller can tell it is too big)."""
+    if not is_url(location):
+        with open(local_path(location), "rb") as f:
+            return f.read(-1 if limit is None else limit + 1)
+    parent, _, name = str(location).rstrip("/").rpartition("/")
+    storage = ObjectStorage(parent, dict(options or {}))
+    if limit is None:
+        return storage.read_bytes(name)
+    return storage.fs.cat_file(storage._path(name), start=0, end=limit + 1)

@@ -1,0 +1,122 @@
+"""Holding a run folder on object storage, where there is no ``fcntl``: lease objects.
+
+A lease is a small object ``leases/<kind>.json`` (``{"owner", "expires"}``) created with a conditional write
+(``If-None-Match: *``), so of two takers exactly one creates it. Its holder renews it every third of
+``LEASE_SECONDS`` from a thread; a holder that dies stops renewing, and once the lease has expired the next
+taker deletes it and takes its own. Shared holders (shard runs) each create ``leases/shared-<token>.json``;
+an exclusive taker refuses while one of those is live, and a shared taker refuses while the exclusive lease
+is: each writes its own lease before it looks for the other's, so of two at once at least one sees the other.
+Clocks: expiry times are the holders' wall clocks, so machines must agree within a few seconds (NTP).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import EnvironmentFailure, one_line
+from ..io.storage import ObjectStorage
+
+LEASE_SECONDS = 60.0
+PREFIX = "leases"
+
+
+def _read(storage: ObjectStorage, key: str) -> dict | None:
+    try:
+        lease = json.loads(storage.read_bytes(key))
+    except (FileNotFoundError, ValueError):
+        return None
+    return lease if isinstance(lease, dict) and isinstance(lease.get("expires"), (int, float)) else None
+
+
+def _live(storage: ObjectStorage, key: str) -> dict | None:
+    """The lease at ``key`` if it exists and has not expired (an unreadable one counts as live until it is
+    LEASE_SECONDS old by the listing, then as expired)."""
+    lease = _read(storage, key)
+    if lease is None:
+        info = storage.info(key)
+        if info is None or time.time() - info.mtime_ns / 1e9 > LEASE_SECONDS:
+            return None
+        return {"owner": "a run whose lease is being written", "expires": time.time() + LEASE_SECONDS}
+    return lease if lease["expires"] > time.time() else None
+
+
+def _body(owner: str) -> bytes:
+    return json.dumps({"owner": owner, "expires": time.time() + LEASE_SECONDS}).encode()
+
+
+@contextmanager
+def _renewed(storage: ObjectStorage, key: str, owner: str) -> Iterator[None]:
+    """Keep the lease at ``key`` renewed while the block runs; delete it after."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_SECONDS / 3):
+            try:
+                storage.write_bytes(key, _body(owner))
+            except OSError:
+                pass  # the next renewal tries again; the lease lasts LEASE_SECONDS
+
+    thread = threading.Thread(target=renew, name=f"lease {key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        storage.delete(key)
+
+
+def _take(storage: ObjectStorage, key: str, owner: str, what: str) -> None:
+    """Create the lease at ``key``, replacing an expired one; EnvironmentFailure naming the holder if live."""
+    for _ in range(2):
+        if storage.create(key, _body(owner)):
+            return
+        holder = _live(storage, key)
+        if holder is not None:
+            raise EnvironmentFailure(f"{storage.url} is {what} by {one_line(holder.get('owner', 'another run'))}; "
+                                     "wait for it to finish, or label into another out")
+        storage.delete(key)  # expired: its holder died
+    raise EnvironmentFailure(f"{storage.url}: could not take the lease {key} (another run took it meanwhile); "
+                             "try again")
+
+
+def _live_shared(storage: ObjectStorage, own: str | None = None) -> dict | None:
+    for key in storage.list(PREFIX):
+        if key.startswith(f"{PREFIX}/shared-") and key != own and (lease := _live(storage, key)):
+            return lease
+    return None
+
+
+@contextmanager
+def held(storage: ObjectStorage, exclusive: bool, owner: str) -> Iterator[None]:
+    """Hold the run at ``storage`` exclusively (a whole ``clearclip label``) or shared (one shard run)."""
+    if exclusive:
+        key = f"{PREFIX}/exclusive.json"
+        _take(storage, key, owner, "in use")
+        with _renewed(storage, key, owner):
+            if holder := _live_shared(storage):
+                raise EnvironmentFailure(f"{storage.url} is in use by {one_line(holder.get('owner'))}; wait for it "
+                                         "to finish, or label into another out")
+            yield
+        return
+    key = f"{PREFIX}/shared-{secrets.token_hex(8)}.json"
+    storage.write_bytes(key, _body(owner))
+    with _renewed(storage, key, owner):
+        if holder := _live(storage, f"{PREFIX}/exclusive.json"):
+            raise EnvironmentFailure(f"{storage.url} is in use by {one_line(holder.get('owner'))}; wait for it to "
+                                     "finish, or label into another out")
+        yield
+
+
+@contextmanager
+def orchestrating(storage: ObjectStorage, owner: str) -> Iterator[None]:
+    """Hold the run for one orchestrating ``label-dataset`` run; a second is refused, naming the first."""
+    key = f"{PREFIX}/orchestrator.json"
+    _take(storage, key, owner, "being labeled")
+    with _renewed(storage, key, owner):
+        yield
