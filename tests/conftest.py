@@ -40,6 +40,28 @@ def tiny_model_name(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def object_store():
+    """One SeaweedFS S3 server for the session, on free ports, its data in the session's temp folder."""
+    from object_store import start_object_store
+
+    store = start_object_store(_SESSION_TMP / "seaweedfs")
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def bucket(object_store, request):
+    """A new, empty bucket for one test: ``s3://<name>``."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 10000}"
+    fs = object_store.filesystem()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    return object_store.bucket(name)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server and database for the session (it takes seconds to start)."""
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

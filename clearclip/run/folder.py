@@ -524,7 +524,7 @@ class RunFolder:
 
 
 def _holder(what: str) -> str:
-    return f"{what} (pid {os.getpid()} on {os.uname().nodename})"
+    return f"{what} (pid {os.getpid()} on {lease.HOST})"
 
 
 def _basename(location: Path | str) -> str:

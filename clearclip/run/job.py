@@ -254,7 +254,7 @@ class LabelJob:
                                    "KEY=VALUE (repeatable), e.g. client_kwargs='{\"endpoint_url\": \"http://host:8333\"}'"
                                    " for an S3-compatible server; credentials come from each machine's environment, "
                                    "profiles or roles", storage_options_check, STORAGE, flag="--storage-option",
-                                   metavar="KEY=VALUE")
+                                   metavar="KEY=VALUE", echo=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -262,7 +262,8 @@ class LabelJob:
             try:
                 checked = f.metadata["check"](value)
             except ValueError as error:
-                raise ClearCLIPError(f"{f.name} {error} (got {value!r})") from None
+                shown = f" (got {value!r})" if f.metadata.get("echo", True) else ""  # never echo what may be a secret
+                raise ClearCLIPError(f"{f.name} {error}{shown}") from None
             object.__setattr__(self, f.name, checked)
 
     def to_dict(self) -> dict:

@@ -1,9 +1,9 @@
 """Holding a run folder on object storage, where there is no ``fcntl``: lease objects.
 
-A lease is a small object ``leases/<kind>.json`` (``{"owner", "expires"}``) created with a conditional write
+A lease is a small object ``leases/<kind>.json`` (``{"owner", "host", "pid", "expires"}``) created with a conditional write
 (``If-None-Match: *``), so of two takers exactly one creates it. Its holder renews it every third of
-``LEASE_SECONDS`` from a thread; a holder that dies stops renewing, and once the lease has expired the next
-taker deletes it and takes its own. Shared holders (shard runs) each create ``leases/shared-<token>.json``;
+``LEASE_SECONDS`` from a thread; a holder that dies stops renewing, and once the lease has expired (at once,
+when the holder was a process of this machine that is gone) the next taker deletes it and takes its own. Shared holders (shard runs) each create ``leases/shared-<token>.json``;
 an exclusive taker refuses while one of those is live, and a shared taker refuses while the exclusive lease
 is: each writes its own lease before it looks for the other's, so of two at once at least one sees the other.
 Clocks: expiry times are the holders' wall clocks, so machines must agree within a few seconds (NTP).
@@ -12,7 +12,9 @@ Clocks: expiry times are the holders' wall clocks, so machines must agree within
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from ..errors import EnvironmentFailure, one_line
 from ..io.storage import ObjectStorage
 
 LEASE_SECONDS = 60.0
+HOST = socket.gethostname()
 PREFIX = "leases"
 
 
@@ -42,11 +45,24 @@ def _live(storage: ObjectStorage, key: str) -> dict | None:
         if info is None or time.time() - info.mtime_ns / 1e9 > LEASE_SECONDS:
             return None
         return {"owner": "a run whose lease is being written", "expires": time.time() + LEASE_SECONDS}
+    if lease.get("host") == HOST and isinstance(lease.get("pid"), int) and not _running(lease["pid"]):
+        return None
     return lease if lease["expires"] > time.time() else None
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _body(owner: str) -> bytes:
-    return json.dumps({"owner": owner, "expires": time.time() + LEASE_SECONDS}).encode()
+    return json.dumps({"owner": owner, "host": HOST, "pid": os.getpid(),
+                       "expires": time.time() + LEASE_SECONDS}).encode()
 
 
 @contextmanager
@@ -79,7 +95,8 @@ def _take(storage: ObjectStorage, key: str, owner: str, what: str) -> None:
         holder = _live(storage, key)
         if holder is not None:
             raise EnvironmentFailure(f"{storage.url} is {what} by {one_line(holder.get('owner', 'another run'))}; "
-                                     "wait for it to finish, or label into another out")
+                                     "wait for it to finish (a holder that died frees it within "
+                                     f"{LEASE_SECONDS:.0f} s), or label into another out")
         storage.delete(key)  # expired: its holder died
     raise EnvironmentFailure(f"{storage.url}: could not take the lease {key} (another run took it meanwhile); "
                              "try again")
