@@ -37,7 +37,8 @@ from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
 from clearclip.errors import one_line
-from clearclip.run.folder import RunFolder
+from clearclip.io.storage import is_url
+from clearclip.run.folder import RunFolder, manifest_key
 from clearclip.run.job import LabelJob
 from clearclip.run.plan import finish_run, invocation, plan_run, shard_slices
 from flows.label_shard import REFUSED, label_shard
@@ -54,8 +55,12 @@ SHARD_LOST = {"labeled": 0, "skipped_as_done": 0, "failed": 0, "batch_size": 0} 
 
 
 def default_out(dataset: str) -> str:
-    """``workspace/runs/<dataset-name>-<timestamp>``."""
-    return str(Path("workspace/runs") / f"{Path(dataset).resolve().name}-{datetime.now():%Y%m%d-%H%M%S}")
+    """``workspace/runs/<dataset-name>-<timestamp>``; beside an object-storage dataset,
+    ``<dataset>-runs/<timestamp>`` (the workers share nothing else)."""
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    if is_url(dataset):
+        return f"{dataset.rstrip('/')}-runs/{stamp}"
+    return str(Path("workspace/runs") / f"{Path(dataset).resolve().name}-{stamp}")
 
 
 @dataclass
@@ -63,7 +68,7 @@ class Shard:
     """A shard of the images that need work, and its runs so far."""
 
     key: str
-    manifest: Path
+    manifest: Path | str  # a location in the run folder (a URL on object storage)
     size: int
     run_id: UUID | None = None
     attempts: int = 0
@@ -121,8 +126,7 @@ def cut_shards(folder: RunFolder, names: list[str], shard_size: int) -> list[Sha
     """Consecutive slices of the sorted names, each written as a manifest keyed by its content."""
     shards = []
     for chunk in shard_slices(names, shard_size):
-        manifest = folder.write_manifest(chunk)
-        shards.append(Shard(manifest.stem, manifest, len(chunk)))
+        shards.append(Shard(manifest_key(chunk), folder.write_manifest(chunk), len(chunk)))
     return shards
 
 
@@ -296,9 +300,10 @@ def label_dataset(
     otherwise shards run here. ``review`` loads the result into FiftyOne at the end.
 
     Args:
-        dataset: the folder of images, as the workers see it
-        out: the run folder (default: workspace/runs/<dataset>-<time>); a rerun into it labels only new,
-            changed and failed images
+        dataset: the folder of images as the workers see it, or an object-storage URL (s3://bucket/prefix,
+            gs://..., az://...) that workers sharing nothing read
+        out: the run folder or an object-storage URL (default: workspace/runs/<dataset>-<time>, or
+            <dataset>-runs/<time> beside a URL dataset); a rerun into it labels only new, changed and failed images
         shard_size: images per label-shard run (default: about 4 shards per online shard worker, at most 500)
         max_attempts: runs of a shard before the labeling fails (a crashed or failed shard is submitted again)
         stall_seconds: a shard run claimed by a worker (PENDING) or RUNNING without finishing an image for this
@@ -312,11 +317,14 @@ def label_dataset(
     config = job.label_config()
     info = job.info(config)
     resolved = job.resolved(config)  # shards get the classes and thresholds as values, never a path to re-read
-    folder = RunFolder(out or default_out(dataset))
+    folder = RunFolder(out or default_out(dataset), job.storage_options)
+    if review and folder.remote:
+        raise ValueError(f"review=true needs a local run folder; run clearclip review {folder.root} on a machine that "
+                         "has a copy of it (object-storage runs are reviewed from a copy for now)")
     create_markdown_artifact(str(folder.root), key=RUN_FOLDER_ARTIFACT, description="the run folder of this run")
     with folder.orchestrated(f"label-dataset flow run '{runtime.flow_run.name}' ({runtime.flow_run.id})"):
         with folder.lock(exclusive=False):
-            plan = plan_run(dataset, folder, info, config.vocabulary)
+            plan = plan_run(dataset, folder, info, config.vocabulary, job.storage_options)
         fan_out = runtime.deployment.id is not None if fan_out is None else fan_out
         shard_size = shard_size or auto_shard_size(len(plan.todo), _pool_size() if fan_out else 1)
         shards = cut_shards(folder, plan.todo, shard_size)

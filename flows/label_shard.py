@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
 from clearclip.errors import ClearCLIPError, EnvironmentFailure
-from clearclip.io.atomic import write_json
-from clearclip.run.folder import RunFolder
+from clearclip.run.folder import RunFolder, manifest_key
 from clearclip.run.job import LabelJob
 from clearclip.run.pipeline import label_images, stat_images
 
@@ -40,12 +38,12 @@ class ProgressFile:
     """``progress/<key>.json`` of a running shard: images finished so far, written every few seconds."""
 
     def __init__(self, folder: RunFolder, key: str, total: int) -> None:
-        self.path, self.total, self.last = folder.progress_path(key), total, 0.0
+        self.folder, self.path, self.total, self.last = folder, folder.progress_path(key), total, 0.0
 
     def __call__(self, finished: int) -> None:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SECONDS or finished == self.total:
-            write_json(self.path, {"finished": finished, "total": self.total})
+            self.folder.write_json(self.path, {"finished": finished, "total": self.total})
             self.last = now
 
 
@@ -72,13 +70,14 @@ def label_shard(job: dict, dataset: str, manifest: str, out: str) -> dict | Stat
 def _label_shard(spec: LabelJob, dataset: str, manifest: str, out: str) -> dict:
     logger = get_run_logger()
     config = spec.label_config()
-    folder = RunFolder(out)
+    folder = RunFolder(out, spec.storage_options)
     folder.check_config(spec.info(config))
-    key = Path(manifest).stem
     names = folder.read_manifest(manifest)
+    key = manifest_key(names)
     start = time.perf_counter()
     with folder.lock(exclusive=False):
-        stats = label_images(lambda: cached_model(spec), dataset, stat_images(dataset, names), folder, config,
+        images = stat_images(dataset, names, spec.storage_options)
+        stats = label_images(lambda: cached_model(spec), dataset, images, folder, config,
                              progress=False, on_progress=ProgressFile(folder, key, len(names)), log=logger.warning)
     record = {
         "shard": key,
@@ -87,7 +86,7 @@ def _label_shard(spec: LabelJob, dataset: str, manifest: str, out: str) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "model_seconds": round(stats.model_seconds, 3),  # 0 when this process had the model loaded already
     }
-    write_json(folder.shard_marker_path(key), record)
+    folder.write_json(folder.shard_marker_path(key), record)
     logger.info("shard %s: %d labeled, %d already done, %d failed", key, stats.labeled, stats.skipped,
                 len(stats.failures))
     return record

@@ -32,9 +32,11 @@ with get_client(sync_client=True) as client:
 
 class ServeStack:
     """``with ServeStack(home, shard_workers=0) as stack``: scripts/serve on a free port, stopped with Ctrl-C.
-    ``database``: serve's DATABASE (sqlite, postgres or auto)."""
+    ``database``: serve's DATABASE (sqlite, postgres or auto); ``orchestrator=False``: serve starts no
+    orchestrator worker (the test starts one elsewhere)."""
 
-    def __init__(self, home: Path, shard_workers: int = 0, heartbeat_seconds: int = 30, database: str = "sqlite") -> None:
+    def __init__(self, home: Path, shard_workers: int = 0, heartbeat_seconds: int = 30, database: str = "sqlite",
+                 orchestrator: bool = True) -> None:
         self.home = home
         self.port = free_port()
         self.env = {
@@ -42,6 +44,7 @@ class ServeStack:
             "PREFECT_HOME": str(home),
             "PORT": str(self.port),
             "SHARD_WORKERS": str(shard_workers),
+            "ORCHESTRATOR_WORKERS": "1" if orchestrator else "0",
             "DATABASE": database,
             "HEARTBEAT_SECONDS": str(heartbeat_seconds),
             "PREFECT_API_URL": f"http://127.0.0.1:{self.port}/api",

@@ -264,3 +264,69 @@ def test_a_shard_lost_on_every_attempt_fails_the_parent_with_how_to_resume(folde
         assert f"is being labeled by label-dataset flow run '{first['name']}'" in refused["message"]
         assert json.loads((twice / "run.json").read_text())["last_invocation"]["labeled"] == 12
         assert (twice / "annotations.json").read_bytes() == (reference / "annotations.json").read_bytes()
+
+
+RECORDED_SCRIPT = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    print(json.dumps({"artifacts": [str(a.data) for a in client.read_artifacts()],
+                      "logs": [log.message for log in client.read_logs()]}))
+"""
+
+
+def _bare_process(stack, home: Path, name: str, command: list[str], extra: dict) -> subprocess.Popen:
+    """A process as on a machine that shares nothing with the deployer: its own working directory, HOME,
+    TMPDIR and PREFECT_HOME, no checkout on its path, and an environment of PREFECT_API_URL and the storage
+    credentials only (plus PATH to find python)."""
+    own = home / name
+    for folder in ("cwd", "home", "tmp", "prefect"):
+        (own / folder).mkdir(parents=True, exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(own / "home"), "TMPDIR": str(own / "tmp"),
+           "PREFECT_HOME": str(own / "prefect"), "PREFECT_API_URL": stack.env["PREFECT_API_URL"],
+           "PREFECT_WORKER_QUERY_SECONDS": "2", **extra}
+    process = subprocess.Popen(command, cwd=own / "cwd", env=env, stdout=open(own / "worker.log", "ab"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    stack.workers.append(process)
+    return process
+
+
+def test_workers_that_share_nothing_label_a_bucket(folder, reference, tiny_model_name, tmp_path, object_store, bucket):
+    """The dataset lives only in a bucket; the orchestrator and two shard workers run from their own folders
+    with nothing but PREFECT_API_URL and storage credentials; one shard worker is SIGKILLed mid-shard (no
+    heartbeats are configured: the parent's stall check recovers its shard). annotations.json in the bucket
+    equals a local run's, and the secret is in no parameter, log or object."""
+    from object_store import SECRET, credentials_environment
+
+    copy = tmp_path / "images"
+    shutil.copytree(folder, copy)
+    object_store.upload(copy, f"{bucket}/images")
+    shutil.rmtree(copy)
+    storage = credentials_environment()
+    with ServeStack(tmp_path / "prefect", orchestrator=False) as stack:
+        machines = tmp_path / "machines"
+        _bare_process(stack, machines, "orchestrator", ["prefect", "worker", "start", "--pool", "gpu", "--work-queue",
+                                                        "orchestrator", "--name", "far-orchestrator"], storage)
+        shard = [sys.executable, "-m", "flows.shard_worker", "--pool", "gpu", "--queue", "shards"]
+        doomed = _bare_process(stack, machines, "doomed", [sys.executable, str(ROOT / "tests" / "kill_after.py"), "2",
+                                                           *shard[2:], "--name", "doomed"], storage)
+        out = f"{bucket}/run"
+        params = {**parameters(f"{bucket}/images", out, tiny_model_name, stall_seconds=30),
+                  "storage_options": object_store.options}
+        stack.run_deployment("label-dataset/default", params)
+        stack.wait_until(lambda: doomed.poll() is not None, 240, "the doomed worker to die mid-shard")
+        assert doomed.returncode == -9
+        _bare_process(stack, machines, "survivor", [*shard, "--name", "survivor"], storage)
+        parent = stack.wait_until(lambda: final_parent(stack, out), 300, "the parent run to finish", poll=3)
+        assert parent["state"] == "COMPLETED", parent["message"]
+        fs = object_store.filesystem()
+        assert fs.cat_file(f"{out}/annotations.json".removeprefix("s3://")) == \
+            (reference / "annotations.json").read_bytes()
+        runs = stack.flow_runs()
+        assert any(r["flow"] == "label-shard" and r["state"] == "CRASHED" for r in runs)
+        recorded = subprocess.run([sys.executable, "-c", RECORDED_SCRIPT], env=stack.env, capture_output=True,
+                                  text=True, timeout=60)
+        assert recorded.returncode == 0 and "annotations file" in recorded.stdout, recorded.stderr
+        exposed = [json.dumps(runs), recorded.stdout] + [p.read_text(errors="replace") for p in machines.rglob("*.log")]
+        exposed += [fs.cat_file(key).decode("utf-8", "replace") for key in fs.find(out.removeprefix("s3://"))]
+        assert not [text for text in exposed if SECRET in text]
