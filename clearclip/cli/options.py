@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, fields
 
 from ..errors import ClearCLIPError
-from ..run.job import LabelJob
+from ..run.job import LabelJob, storage_options_check
 
 
 def add_vocabulary_options(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,21 @@ def job_from_args(args: argparse.Namespace, classes: str | list[str] | None = No
     replaces the class options. Raises ClearCLIPError for bad values."""
     values = {f.name: getattr(args, f.name) for f in fields(LabelJob) if f.name != "classes" and hasattr(args, f.name)}
     return LabelJob(classes if classes is not None else classes_from_args(args), **values)
+
+
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable), as ``clearclip label`` has it, for commands that take URLs."""
+    f = next(f for f in fields(LabelJob) if f.name == "storage_options")
+    parser.add_argument(f.metadata["flag"], dest="storage_options", action="append", metavar=f.metadata["metavar"],
+                        help=f.metadata["help"])
+
+
+def storage_options(args: argparse.Namespace) -> dict:
+    """The parsed ``--storage-option`` values (credentials refused, as in a job)."""
+    try:
+        return storage_options_check(getattr(args, "storage_options", None))
+    except ValueError as error:
+        raise ClearCLIPError(f"--storage-option {error}") from None
 
 
 def argparse_type(name: str, check: Callable) -> Callable:

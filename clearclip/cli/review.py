@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import ClearCLIPError
+from ..io.storage import is_url
+from .options import add_storage_option, storage_options
 from ..review.fields import EXCLUDED_TAGS, PRED_FIELD, REVIEWED_TAG, RUN_FIELD
 
 
@@ -18,7 +20,9 @@ def add_review_parser(subparsers) -> None:
                     f"tag samples '{EXCLUDED_TAGS[0]}'); '{RUN_FIELD}' keeps the run's originals. Running review again "
                     "adds images new to the run and never overwrites a reviewer's edits.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished clearclip label run")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a finished clearclip label run: a folder, or an object-storage URL (its files and "
+                             "images are fetched into the media cache, $CLEARCLIP_CACHE_DIR/runs, and reused)")
     parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>-<hash of its path>)")
     parser.add_argument("--gt", type=Path,
                         help="ground truth: a COCO JSON (polygons or RLE, iscrowd honoured; matched by file_name; adds "
@@ -28,6 +32,7 @@ def add_review_parser(subparsers) -> None:
     parser.add_argument("--port", type=int, default=5151, help="App port (default: 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default: 127.0.0.1, this machine only)")
     parser.add_argument("--no-launch", action="store_true", help="load the dataset only, do not start the App")
+    add_storage_option(parser)
     parser.set_defaults(run=run_review)
 
 
@@ -36,23 +41,45 @@ def run_review(args: argparse.Namespace) -> int:
 
     app_environment()
     from ..review.app import check_port_free, launch
-    from ..review.decisions import save_decisions
-    from ..review.sync import load_run
-    from ..run.folder import RunFolder
+    from ..review.sync import default_dataset_name, load_run
 
     if args.gt is not None and not args.gt.exists():
         raise ClearCLIPError(f"no such ground truth: {args.gt}")
     if not args.no_launch:
         check_port_free(args.port, args.address)  # before the load, not after it
-    dataset, report = load_run(args.run_dir, args.name, args.gt)
+    run_dir, options = args.run_dir, storage_options(args)
+    local = run_dir
+    if is_url(run_dir):
+        from ..run.copies import local_copy
+
+        copy = local_copy(run_dir, options)
+        print(copy.line())
+        local = copy.path / "run"
+    dataset, report = load_run(local, args.name or default_dataset_name(run_dir), args.gt)
+    if is_url(run_dir):  # the load saved what reviewers did since the last one into the copy
+        _keep_decisions(dataset, run_dir, local, options)
     print(report)
     if not args.no_launch:
         try:
             launch(dataset, port=args.port, address=args.address)
         finally:  # Ctrl-C ends a session: what the reviewers did goes into the run folder
-            images = save_decisions(dataset, args.run_dir)
-            print(f"saved the review's decisions ({images} images) to {RunFolder(args.run_dir).decisions_path}")
+            print(_keep_decisions(dataset, run_dir, local, options))
     return 0
+
+
+def _keep_decisions(dataset, run_dir: str, local: str | Path, options: dict) -> str:
+    """Save the review's decisions with the run (a run on object storage: from its local copy to the bucket)."""
+    from ..review.decisions import save_decisions
+    from ..run.folder import RunFolder
+
+    images = save_decisions(dataset, local)
+    where = RunFolder(local).decisions_path
+    if is_url(run_dir):
+        from ..run.copies import upload_tree
+
+        upload_tree(Path(where), f"{run_dir.rstrip('/')}/review.json", options)
+        where = f"{run_dir.rstrip('/')}/review.json"
+    return f"saved the review's decisions ({images} images) to {where}"
 
 
 def add_export_parser(subparsers) -> None:
@@ -75,8 +102,9 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("dataset", metavar="DATASET", help="FiftyOne dataset name (see clearclip review)")
     parser.add_argument("--format", default="coco", choices=["coco", "yolo", "cvat", "masks"],
                         help="output format (default: coco)")
-    parser.add_argument("--out", type=Path, required=True, metavar="PATH",
-                        help="the JSON file (coco) or a new folder (the others)")
+    parser.add_argument("--out", required=True, metavar="PATH",
+                        help="the JSON file (coco) or a new folder (the others); or an object-storage URL, written "
+                             "locally first and uploaded whole")
     parser.add_argument("--field", default=PRED_FIELD, help=f"Detections field to export (default: {PRED_FIELD})")
     parser.add_argument("--tags", nargs="+", metavar="T", help="only samples with one of these tags")
     parser.add_argument("--exclude-tags", nargs="*", default=list(EXCLUDED_TAGS), metavar="T",
@@ -85,14 +113,28 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
                         help="yolo: this fraction of the images (chosen by a hash of the path, so stable) forms the "
                              "val split (default: 0, val is the training images)")
+    add_storage_option(parser)
     parser.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ..review.formats import export_dataset
 
-    images = export_dataset(args.dataset, args.out, args.format, args.field, args.tags, args.exclude_tags,
-                            args.overwrite, args.val_fraction)
+    def export(out: Path) -> int:
+        return export_dataset(args.dataset, out, args.format, args.field, args.tags, args.exclude_tags,
+                              args.overwrite, args.val_fraction)
+
+    if is_url(args.out):
+        from ..run.copies import occupied, published
+
+        options = storage_options(args)
+        if occupied(args.out, options) and not (args.overwrite and args.format == "coco"):
+            raise ClearCLIPError(f"{args.out} exists; choose a new --out" + (" or pass --overwrite" if args.format
+                                                                              == "coco" else ""))
+        with published(args.out, options) as local:
+            images = export(local)
+    else:
+        images = export(Path(args.out))
     print(f"wrote {args.out} ({args.format}): {images} images")
     return 0
 
@@ -160,22 +202,34 @@ def add_refilter_parser(subparsers) -> None:
                     "thresholds: the annotations carry their scores and areas, so no image is segmented again. "
                     "Thresholds can only get stricter, and the pixel threshold cannot change.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a finished clearclip label run")
-    parser.add_argument("--out", type=Path, required=True, metavar="NEW_RUN", help="the new run folder (must not exist)")
+    parser.add_argument("run_dir", metavar="RUN", help="a finished clearclip label run (a folder or a URL)")
+    parser.add_argument("--out", required=True, metavar="NEW_RUN",
+                        help="the new run folder or URL (must not exist)")
     parser.add_argument("--class-thresholds", type=Path, metavar="FILE",
                         help="per-class thresholds, JSON or YAML (e.g. from clearclip calibrate)")
     parser.add_argument("--min-score", type=float, help="new default minimum mean score of a region")
     parser.add_argument("--min-area", type=int, help="new default minimum area in pixels")
     parser.add_argument("--min-area-fraction", type=float, help="new default minimum area as a fraction of the image")
+    add_storage_option(parser)
     parser.set_defaults(run=run_refilter)
 
 
 def run_refilter(args: argparse.Namespace) -> int:
+    """A run on object storage is refiltered from its local copy (no images fetched); a URL --out is written
+    locally and uploaded."""
+    from contextlib import nullcontext
+
+    from ..run.copies import local_copy, occupied, published
     from ..run.merge import summary_table
     from ..run.refilter import refilter_run
 
-    summary = refilter_run(args.run_dir, args.out, args.class_thresholds, args.min_score, args.min_area,
-                           args.min_area_fraction)
+    options = storage_options(args)
+    source = local_copy(args.run_dir, options, images=False).path / "run" if is_url(args.run_dir) else args.run_dir
+    if is_url(args.out) and occupied(args.out, options):
+        raise ClearCLIPError(f"{args.out} is not empty; choose a new --out")
+    with published(args.out, options) if is_url(args.out) else nullcontext(Path(args.out)) as out:
+        summary = refilter_run(source, out, args.class_thresholds, args.min_score, args.min_area,
+                               args.min_area_fraction)
     print(summary_table({**summary, "failures": summary.get("failures", [])}))
-    print(f"\nwrote {args.out / 'annotations.json'}")
+    print(f"\nwrote {args.out.rstrip('/')}/annotations.json")
     return 0

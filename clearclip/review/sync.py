@@ -26,6 +26,7 @@ import ijson
 from ..annotations.coco import iter_coco_images, read_coco_header
 from ..annotations.record import Annotation
 from ..errors import ClearCLIPError
+from ..io.storage import is_url
 from ..run.folder import RunFolder
 from ..run.paths import checked_name
 from .app import app_config
@@ -56,9 +57,9 @@ from .media import VIEWABLE_FIELD, media_cache_dir, viewable_path
 
 
 def default_dataset_name(run_dir: str | Path) -> str:
-    """``clearclip-<run folder name>-<hash of its absolute path>``: one dataset per run folder."""
-    path = Path(run_dir).resolve()
-    return f"clearclip-{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+    """``clearclip-<run folder name>-<hash of its absolute path or URL>``: one dataset per run folder."""
+    location = str(run_dir).rstrip("/") if is_url(run_dir) else str(Path(run_dir).resolve())
+    return f"clearclip-{location.rsplit('/', 1)[-1]}-{hashlib.sha1(location.encode()).hexdigest()[:6]}"
 
 
 def detections_hash(detections) -> str:
