@@ -93,7 +93,8 @@ def start_object_store(directory: Path, timeout: float = 60.0) -> ObjectStore:
     process = subprocess.Popen(
         [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={directory}", "-s3",
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-         f"-debug.port={debug}", "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
+         f"-debug.port={debug}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed ports otherwise: one server a port
+         "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd=directory)
     store = ObjectStore(f"http://127.0.0.1:{s3}", process, directory)
     os.environ.update(credentials_environment())

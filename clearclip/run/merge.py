@@ -1,7 +1,8 @@
 """The merge: every finished image's record into ``annotations.json``, and the run summary ``run.json``.
 
-Streams: one chunk of records (READ_AHEAD images) is in memory at a time, and stored annotation lines are copied with
-their ids prepended, so the merge of a million images costs time, not memory. Each line is parsed and
+Streams: two chunks of records (READ_AHEAD images each; the next is read while one is checked) are in
+memory at a time, and stored annotation lines are copied with their ids prepended, so the merge of a
+million images costs time, not memory. Each line is parsed and
 checked first: a record that does not hold what clearclip writes is left out (with a warning naming it) and
 forgotten, so the next run labels its image again, and ``annotations.json`` is always valid COCO.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ..annotations.coco import CocoWriter, categories
 from ..io.images import ImageFile
@@ -42,9 +44,7 @@ def merge_run(
     failures, missing = [dict(p) for p in problems], []
     labels = folder.listed_labels()
     with folder.written_through(folder.annotations_path) as path, CocoWriter(path, info, run_categories) as coco:
-        for start in range(0, len(images), READ_AHEAD):
-            chunk = images[start : start + READ_AHEAD]
-            records = folder.store.read_many(f"records/{image.name}.json" for image in chunk)
+        for chunk, records in _read_ahead(folder, images):
             for image in chunk:
                 data = records[f"records/{image.name}.json"]
                 header, lines = folder.parse_record(image.name, data) if isinstance(data, bytes) else (None, [])
@@ -85,6 +85,22 @@ def merge_run(
     }
     folder.write_json(folder.summary_path, summary, indent=2)
     return summary
+
+
+def _read_ahead(folder: RunFolder, images: Sequence[ImageFile]) -> Iterator[tuple[Sequence[ImageFile], dict]]:
+    """The images in chunks of READ_AHEAD, each with its records' bytes (by key); the next chunk is read while
+    the caller checks this one, so the waits on object storage overlap the parsing."""
+    def read(chunk: Sequence[ImageFile]) -> dict:
+        return folder.store.read_many(f"records/{image.name}.json" for image in chunk)
+
+    chunks = [images[start : start + READ_AHEAD] for start in range(0, len(images), READ_AHEAD)]
+    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as pool:
+        ahead = pool.submit(read, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            records = ahead.result()
+            if index + 1 < len(chunks):
+                ahead = pool.submit(read, chunks[index + 1])
+            yield chunk, records
 
 
 def summary_table(summary: dict) -> str:

@@ -85,12 +85,12 @@ def _start_decode_worker(_: int) -> None:
 class ImageFolder:
     """Decoded images for a DataLoader: ``(ImageFile as decoded, PreparedImage or None, error or None,
     pixels reserved in the budget)``; decoders wait on ``budget`` before decoding. ``root`` is a folder or
-    an fsspec URL (``RemoteImages`` fetches those ahead)."""
+    an fsspec URL (``RemoteImages`` fetches those ahead, ``fetchers`` at a time per decoding process)."""
 
     def __init__(self, root: Path | str, images: Sequence[ImageFile], max_pixels: int, budget: PixelBudget,
-                 options: dict | None = None) -> None:
+                 options: dict | None = None, fetchers: int = FETCH_AHEAD) -> None:
         self.root, self.images, self.max_pixels, self.budget = root, list(images), max_pixels, budget
-        self.remote = RemoteImages(root, self.images, options) if is_url(root) else None
+        self.remote = RemoteImages(root, self.images, options, fetchers) if is_url(root) else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -150,31 +150,31 @@ class ImageFolder:
 
 
 class RemoteImages:
-    """The bytes of a dataset's objects, fetched FETCH_AHEAD at a time ahead of the decoder that asks for
-    them. In a DataLoader worker, the items it will be asked for next are the ones its own turn comes to
-    (workers take items in turn), so each worker fetches ahead along its own share."""
+    """The bytes of a dataset's objects, ``fetchers`` at a time ahead of the decoder that asks for them. In a
+    DataLoader worker, the items it will be asked for next are the ones its own turn comes to (workers take
+    items in turn), so each worker fetches ahead along its own share."""
 
-    def __init__(self, root: str, images: list[ImageFile], options: dict | None) -> None:
-        self.root, self.images, self.options = root, images, options
+    def __init__(self, root: str, images: list[ImageFile], options: dict | None, fetchers: int) -> None:
+        self.root, self.images, self.options, self.fetchers = root, images, options, fetchers
         self._storage = None
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[int, Future] = {}
 
     def __getstate__(self) -> dict:
-        return {"root": self.root, "images": self.images, "options": self.options}
+        return {"root": self.root, "images": self.images, "options": self.options, "fetchers": self.fetchers}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"], state["images"], state["options"])
+        self.__init__(state["root"], state["images"], state["options"], state["fetchers"])
 
     def fetch(self, index: int) -> bytes:
         if self._pool is None:
             self._storage = open_storage(self.root, self.options)
-            self._pool = ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="fetch")
+            self._pool = ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch")
         from torch.utils.data import get_worker_info
 
         worker = get_worker_info()
         step = worker.num_workers if worker is not None else 1
-        for ahead in range(index, min(len(self.images), index + step * FETCH_AHEAD), step):
+        for ahead in range(index, min(len(self.images), index + step * self.fetchers), step):
             if ahead not in self._ahead:
                 self._ahead[ahead] = self._pool.submit(self._storage.read_bytes, self.images[ahead].name)
         for stale in [i for i in self._ahead if i < index]:  # skipped by the loader: never asked for again
