@@ -24,11 +24,11 @@ def add_review_parser(subparsers) -> None:
                         help="a finished clearclip label run: a folder, or an object-storage URL (its files and "
                              "images are fetched into the media cache, $CLEARCLIP_CACHE_DIR/runs, and reused)")
     parser.add_argument("--name", help="dataset name (default: clearclip-<run folder name>-<hash of its path>)")
-    parser.add_argument("--gt", type=Path,
+    parser.add_argument("--gt",
                         help="ground truth: a COCO JSON (polygons or RLE, iscrowd honoured; matched by file_name; adds "
                              "ground_truth, and each prediction's outcome as eval, matched with pycocotools as "
                              "eval-coco matches) or a folder of label maps named like labels/ (adds "
-                             "evaluate_segmentations as eval_seg)")
+                             "evaluate_segmentations as eval_seg); a path or an object-storage URL")
     parser.add_argument("--port", type=int, default=5151, help="App port (default: 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default: 127.0.0.1, this machine only)")
     parser.add_argument("--no-launch", action="store_true", help="load the dataset only, do not start the App")
@@ -43,8 +43,13 @@ def run_review(args: argparse.Namespace) -> int:
     from ..review.app import check_port_free, launch
     from ..review.sync import default_dataset_name, load_run
 
-    if args.gt is not None and not args.gt.exists():
-        raise ClearCLIPError(f"no such ground truth: {args.gt}")
+    gt = args.gt
+    if gt is not None and is_url(gt):
+        from ..run.copies import fetched
+
+        gt = fetched(gt, storage_options(args))
+    elif gt is not None and not Path(gt).exists():
+        raise ClearCLIPError(f"no such ground truth: {gt}")
     if not args.no_launch:
         check_port_free(args.port, args.address)  # before the load, not after it
     run_dir, options = args.run_dir, storage_options(args)
@@ -55,7 +60,7 @@ def run_review(args: argparse.Namespace) -> int:
         copy = local_copy(run_dir, options)
         print(copy.line())
         local = copy.path / "run"
-    dataset, report = load_run(local, args.name or default_dataset_name(run_dir), args.gt)
+    dataset, report = load_run(local, args.name or default_dataset_name(run_dir), gt)
     if is_url(run_dir):  # the load saved what reviewers did since the last one into the copy
         _keep_decisions(dataset, run_dir, local, options)
     print(report)

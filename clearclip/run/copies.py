@@ -50,6 +50,14 @@ def copy_dir(url: str) -> Path:
     return default_cache_dir() / "runs" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
+def _index(target: Path) -> dict:
+    """What ``fetched.json`` says was fetched into ``target`` (relative path: ETag); empty when unreadable."""
+    try:
+        return json.loads((target / "fetched.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _fetch(storage: ObjectStorage, wanted: dict[str, ObjectInfo], target: Path, index: dict, report: CopyReport,
            progress: Callable[[int], None]) -> None:
     """Fetch the objects ``wanted`` (key: listing) into ``target/<key>``, unless ``index`` has the file at that
@@ -85,10 +93,7 @@ def local_copy(url: str, options: dict | None = None, images: bool = True) -> Co
     target = copy_dir(url)
     run = target / "run"
     run.mkdir(parents=True, exist_ok=True)
-    try:
-        index = json.loads((target / "fetched.json").read_text())
-    except (OSError, ValueError):
-        index = {}
+    index = _index(target)
     report = CopyReport(target)
     listed = folder.store.list("labels")
     listed.update({key: info for key in RUN_FILES if (info := folder.store.info(key)) is not None})
@@ -114,6 +119,24 @@ def local_copy(url: str, options: dict | None = None, images: bool = True) -> Co
             _fetch(source, found, target / "images", index, report, bar.update)
             write_json(run / "run.json", {**summary, "dataset": str(target / "images"), "copied_from": url}, indent=2)
     return report
+
+
+def fetched(url: str, options: dict | None = None) -> Path:
+    """A local copy of the object or the prefix (every object below it) at ``url``, in the media cache, fetched
+    again only where ETags changed: for inputs read as local files (``review --gt``)."""
+    target = copy_dir(url)
+    report = CopyReport(target)
+    index = _index(target)
+    parent_url, _, name = url.rstrip("/").rpartition("/")
+    parent = open_storage(parent_url, options)
+    if (single := parent.info(name)) is not None:
+        _fetch(parent, {name: single}, target, index, report, lambda _: None)
+        return target / name
+    storage = open_storage(url, options)
+    if not (listed := storage.list("")):
+        raise ClearCLIPError(f"nothing at {url}")
+    _fetch(storage, listed, target / name, index, report, lambda _: None)
+    return target / name
 
 
 @contextmanager

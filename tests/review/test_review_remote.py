@@ -69,6 +69,11 @@ def test_review_of_an_s3_run_uses_the_media_cache_and_keeps_decisions_in_the_buc
     restored = again.match(F("filepath") == sample.filepath).first()
     assert "reviewed" in restored.tags and len(restored[PRED_FIELD].detections) == len(kept)
 
+    gt = f"{bucket}/gt/annotations.json"  # ground truth from the bucket too: the local run's own labels
+    object_store.filesystem().put_file(str(local / "annotations.json"), gt.removeprefix("s3://"))
+    assert main(["review", run, "--no-launch", "--gt", gt, *storage_args(object_store)]) == 0
+    assert again.count("ground_truth.detections") == len(expected["annotations"])
+
     export = f"{bucket}/exports/reviewed.json"
     assert main(["export", again.name, "--out", export, *storage_args(object_store)]) == 0
     exported = json.loads(object_store.filesystem().cat_file(export.removeprefix("s3://")))
