@@ -17,13 +17,15 @@ DEFAULT_DECODE_BUDGET = 100_000_000  # pixels decoded and not yet taken by the m
 
 
 class PixelBudget:
-    """Pixels decoded at once across processes (pickled into spawned or forked DataLoader workers)."""
+    """Pixels decoded at once across processes (pickled into spawned or forked DataLoader workers);
+    ``context``: the multiprocessing context the workers start in (its locks must be that context's)."""
 
-    def __init__(self, pixels: int) -> None:
+    def __init__(self, pixels: int, context=None) -> None:
+        context = context or multiprocessing.get_context()
         self.pixels = pixels
-        self._turns = multiprocessing.Condition()
-        self._held = multiprocessing.RawValue("q", 0)
-        self._next = multiprocessing.RawValue("q", 0)
+        self._turns = context.Condition()
+        self._held = context.RawValue("q", 0)
+        self._next = context.RawValue("q", 0)
 
     @contextmanager
     def turn(self, index: int) -> Iterator[Callable[[int], None]]:

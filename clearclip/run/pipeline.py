@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EnvironmentFailure, one_line
 from ..io.budget import DEFAULT_DECODE_BUDGET, PixelBudget
+from ..io.helpers import helper_context
 from ..io.images import ImageFile, ImageLoadError, load_image
 from ..io.storage import is_url, open_storage
 from .finish import Finishers
@@ -182,6 +183,23 @@ class RemoteImages:
         return self._ahead.pop(index).result()
 
 
+def image_loader(root: Path | str, images: Sequence[ImageFile], config: LabelConfig, workers: int,
+                 pin_memory: bool = False, fetchers: int = FETCH_AHEAD):
+    """The DataLoader of ``label_images``: one decoded image an item, ``workers`` decoding processes sharing one
+    pixel budget. Workers of a remote dataset are spawned, not forked: the object-store client (a Rust runtime
+    with its own threads) does not survive a fork."""
+    from torch.utils.data import DataLoader
+
+    context = helper_context() if is_url(root) and workers else None
+    budget = PixelBudget(max(config.max_pixels, DEFAULT_DECODE_BUDGET), context)
+    return DataLoader(
+        ImageFolder(root, images, config.max_pixels, budget, config.storage_options, fetchers), batch_size=1,
+        num_workers=workers, collate_fn=list, pin_memory=pin_memory, multiprocessing_context=context,
+        prefetch_factor=2 * config.batch_size if workers else None,
+        worker_init_fn=_start_decode_worker if workers else None,
+    )
+
+
 def _batches(loader, budget: PixelBudget, batch_size: int) -> Iterator[list]:
     """Images from a one-image-per-item DataLoader in batches of ``batch_size``, or fewer once their pixels
     reach the budget; each image's pixels go back to the budget as it is taken."""
@@ -262,7 +280,6 @@ def label_images(
     if not todo:
         return stats
     import torch
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     if not hasattr(model, "segment_prepared"):
@@ -277,12 +294,8 @@ def label_images(
     folder.claim_precision(cc.precision, threads)
     segment = _Segmenter(cc, config, log)
     workers = config.workers()
-    budget = PixelBudget(max(config.max_pixels, DEFAULT_DECODE_BUDGET))
-    loader = DataLoader(
-        ImageFolder(root, todo, config.max_pixels, budget, config.storage_options), batch_size=1, num_workers=workers,
-        collate_fn=list, pin_memory=cc.device.type == "cuda", prefetch_factor=2 * config.batch_size if workers else None,
-        worker_init_fn=_start_decode_worker if workers else None,
-    )
+    loader = image_loader(root, todo, config, workers, pin_memory=cc.device.type == "cuda")
+    budget = loader.dataset.budget
     bar = tqdm(total=len(todo), unit="img", desc="labeling", disable=not progress, dynamic_ncols=True)
     pending: list[Future] = []
 

@@ -5,6 +5,7 @@ and refiltered runs are uploaded whole."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from clearclip.cli import main
@@ -12,6 +13,8 @@ from clearclip.review.fields import PRED_FIELD, SEGMENTATION_FIELD
 from clearclip.review.sync import default_dataset_name
 from clearclip.run.copies import copy_dir
 from folders import write_plain_folder
+
+pytestmark = pytest.mark.slow  # a real S3 server (SeaweedFS) and CLI runs
 
 CLASSES = ["background", "sky", "grass, lawn", "road"]
 

@@ -20,6 +20,8 @@ from clearclip.run.folder import RunFolder
 from folders import smooth_image, write_plain_folder
 from object_store import SECRET
 
+pytestmark = pytest.mark.slow  # a real S3 server (SeaweedFS) and CLI runs
+
 CLASSES = ["background", "sky", "grass"]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +58,8 @@ def test_a_bucket_labels_as_a_folder_does_and_a_rerun_does_no_model_work(data, t
                                                                          object_store, bucket):
     local = label_locally(data, tmp_path, tiny_model_name, object_store)
     object_store.upload(data, f"{bucket}/images")
-    out = f"{bucket}/runs/first"
-    assert main(label_args(f"{bucket}/images", out, tiny_model_name, object_store)) == 0
+    out = f"{bucket}/runs/first"  # a decoding process of its own (spawned: the S3 client does not survive a fork)
+    assert main(label_args(f"{bucket}/images", out, tiny_model_name, object_store, "--workers", "1")) == 0
     assert read(object_store, f"{out}/annotations.json") == (local / "annotations.json").read_bytes()
     fs = object_store.filesystem()
     for path in (local / "labels").rglob("*.png"):
