@@ -12,11 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from private_mongo import _die_with_parent
+from processes import die_with_parent, wait_for_server
 
 SECRET = "clearclip-test-secret-4f1c9a"
 ACCESS_KEY = "clearclip-test-access"
@@ -95,16 +94,8 @@ def start_object_store(directory: Path, timeout: float = 60.0) -> ObjectStore:
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
          f"-debug.port={debug}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed ports otherwise: one server a port
          "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd=directory)
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, cwd=directory)
     store = ObjectStore(f"http://127.0.0.1:{s3}", process, directory)
     os.environ.update(credentials_environment())
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            store.bucket("ready-check")
-            return store
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"SeaweedFS did not start; see {directory / 'weed.log'}") from None
-            time.sleep(0.5)
+    wait_for_server(process, lambda: store.bucket("ready-check"), timeout, directory / "weed.log")
+    return store

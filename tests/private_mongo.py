@@ -7,33 +7,17 @@ theirs). Pointing FIFTYONE_DATABASE_URI at a mongod started here keeps every tes
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from processes import die_with_parent, free_port, wait_for_server
 
 
 def start_private_mongod(directory: Path, timeout: float = 60.0) -> subprocess.Popen:
     """Start FiftyOne's bundled mongod on ``directory`` (killed when this process dies) and point
     FIFTYONE_DATABASE_URI at it; call before fiftyone is first imported, which reads the variable."""
-    port = _free_port()
+    port = free_port()
     uri = os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
     from fiftyone.core.service import DatabaseService
     from pymongo import MongoClient
@@ -42,14 +26,7 @@ def start_private_mongod(directory: Path, timeout: float = 60.0) -> subprocess.P
     process = subprocess.Popen(
         [DatabaseService.find_mongod(), "--dbpath", str(directory), "--logpath", str(directory / "mongo.log"),
          "--bind_ip", "127.0.0.1", "--port", str(port), "--nounixsocket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            MongoClient(uri, serverSelectionTimeoutMS=500).admin.command("ping")
-            return process
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"mongod did not start; see {directory / 'mongo.log'}") from None
-            time.sleep(0.2)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    wait_for_server(process, lambda: MongoClient(uri, serverSelectionTimeoutMS=500).admin.command("ping"), timeout,
+                    directory / "mongo.log")
+    return process

@@ -29,6 +29,8 @@ from .folder import RunFolder, is_disk_full
 from .job import LabelConfig
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..inference.segmentation import PreparedImage
 
 FETCH_AHEAD = 16  # objects each decoding process fetches ahead of its decoder (object storage)
@@ -97,57 +99,50 @@ class ImageFolder:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None, int]:
-        if self.remote is not None:
-            return self._decode_fetched(index)
+        reserved = 0
+        with self.budget.turn(index) as reserve_turn:
+
+            def reserve(pixels: int) -> None:
+                nonlocal reserved
+                reserve_turn(pixels)
+                reserved = pixels
+
+            load = self._load_fetched if self.remote is not None else self._load_file
+            image, array, error = load(index, reserve)
+        if error is not None:
+            return image, None, error, reserved
+        from ..inference.segmentation import prepare_image
+
+        return image, prepare_image(array), None, reserved
+
+    def _load_file(self, index: int, reserve: Callable[[int], None]) -> tuple[ImageFile, "np.ndarray | None", str | None]:
+        """(the image as stat'ed before decoding, its pixels or None, the error or None)."""
         name = self.images[index].name
         path = self.root / name
-        reserved = 0
-        with self.budget.turn(index) as reserve_turn:
+        try:
+            info = os.stat(path)
+            image = ImageFile(name, info.st_size, info.st_mtime_ns)
+            return image, load_image(path, self.max_pixels, reserve), None
+        except FileNotFoundError:
+            return self.images[index], None, "file not found (deleted while the run was going)"
+        except ImageLoadError as error:
+            return image, None, error.reason
 
-            def reserve(pixels: int) -> None:
-                nonlocal reserved
-                reserve_turn(pixels)
-                reserved = pixels
-
-            try:
-                info = os.stat(path)
-                image = ImageFile(name, info.st_size, info.st_mtime_ns)
-                array = load_image(path, self.max_pixels, reserve)
-            except FileNotFoundError:
-                return self.images[index], None, "file not found (deleted while the run was going)", reserved
-            except ImageLoadError as error:
-                return image, None, error.reason, reserved
-        from ..inference.segmentation import prepare_image
-
-        return image, prepare_image(array), None, reserved
-
-    def _decode_fetched(self, index: int) -> tuple[ImageFile, "PreparedImage | None", str | None, int]:
-        """``__getitem__`` of an object: its bytes fetched ahead; the listed version is the one recorded (the
+    def _load_fetched(self, index: int, reserve: Callable[[int], None]) -> tuple[ImageFile, "np.ndarray | None", str | None]:
+        """``_load_file`` of an object, its bytes fetched ahead: the listed version is the one recorded (the
         merge relabels an image whose object changed since it was listed)."""
         image = self.images[index]
-        location = f"{self.root}/{image.name}"
-        reserved = 0
-        with self.budget.turn(index) as reserve_turn:
-
-            def reserve(pixels: int) -> None:
-                nonlocal reserved
-                reserve_turn(pixels)
-                reserved = pixels
-
-            try:
-                content = self.remote.fetch(index)
-                if len(content) != image.size:  # replaced since it was listed: record it as no known version
-                    image = ImageFile(image.name, len(content), image.mtime_ns)
-                array = load_image(location, self.max_pixels, reserve, content=content)
-            except FileNotFoundError:
-                return image, None, "object not found (deleted while the run was going)", reserved
-            except ImageLoadError as error:
-                return image, None, error.reason, reserved
-            except OSError as error:
-                return image, None, f"cannot be fetched ({one_line(error)})", reserved
-        from ..inference.segmentation import prepare_image
-
-        return image, prepare_image(array), None, reserved
+        try:
+            content = self.remote.fetch(index)
+            if len(content) != image.size:  # replaced since it was listed: record it as no known version
+                image = ImageFile(image.name, len(content), image.mtime_ns)
+            return image, load_image(f"{self.root}/{image.name}", self.max_pixels, reserve, content=content), None
+        except FileNotFoundError:
+            return image, None, "object not found (deleted while the run was going)"
+        except ImageLoadError as error:
+            return image, None, error.reason
+        except OSError as error:
+            return image, None, f"cannot be fetched ({one_line(error)})"
 
 
 class RemoteImages:

@@ -29,19 +29,24 @@ def label(data, out, model, store):
                  *[a for c in CLASSES for a in ("--class", c)], *storage_args(store)]) == 0
 
 
+def labeled_twice(tmp_path, model, store, bucket):
+    """Four images labeled from the bucket into the bucket, and the same images on disk into a folder."""
+    data = tmp_path / "data"
+    write_plain_folder(data, 4, size=(48, 64))
+    images, run = f"{bucket}/images", f"{bucket}/run"
+    store.upload(data, images)
+    label(images, run, model, store)
+    local = tmp_path / "local-run"
+    label(data, local, model, store)
+    return data, run, local
+
+
 def test_review_of_an_s3_run_uses_the_media_cache_and_keeps_decisions_in_the_bucket(tmp_path, tiny_model_name,
                                                                                    object_store, bucket, capsys):
     import fiftyone as fo
     from fiftyone import ViewField as F
 
-    data = tmp_path / "data"
-    write_plain_folder(data, 4, size=(48, 64))
-    images, run = f"{bucket}/images", f"{bucket}/run"
-    object_store.upload(data, images)
-    label(images, run, tiny_model_name, object_store)
-    local = tmp_path / "local-run"
-    label(data, local, tiny_model_name, object_store)
-
+    data, run, local = labeled_twice(tmp_path, tiny_model_name, object_store, bucket)
     assert main(["review", run, "--no-launch", *storage_args(object_store)]) == 0
     printed = capsys.readouterr().out
     cache = copy_dir(run)
@@ -91,13 +96,7 @@ def test_review_of_an_s3_run_uses_the_media_cache_and_keeps_decisions_in_the_buc
 
 def test_refilter_of_an_s3_run_equals_refilter_of_the_same_run_on_disk(tmp_path, tiny_model_name, object_store,
                                                                        bucket):
-    data = tmp_path / "data"
-    write_plain_folder(data, 4, size=(48, 64))
-    images, run = f"{bucket}/images", f"{bucket}/run"
-    object_store.upload(data, images)
-    label(images, run, tiny_model_name, object_store)
-    local = tmp_path / "run"
-    label(data, local, tiny_model_name, object_store)
+    _, run, local = labeled_twice(tmp_path, tiny_model_name, object_store, bucket)
     assert main(["refilter", str(local), "--out", str(tmp_path / "strict"), "--min-score", "0.3"]) == 0
     strict = f"{bucket}/strict"
     assert main(["refilter", run, "--out", strict, "--min-score", "0.3", *storage_args(object_store)]) == 0
