@@ -136,6 +136,15 @@ class FastS3:
 
         obstore.delete(self.store, key)
 
+    def info(self, key: str) -> ObjectInfo | None:
+        import obstore
+
+        try:
+            entry = obstore.head(self.store, key)
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(int(entry["size"]), _modified_ns(entry), _etag(entry))
+
     def list(self, prefix: str) -> dict[str, ObjectInfo]:
         import obstore
 
@@ -315,6 +324,8 @@ class ObjectStorage:
             pass
 
     def info(self, key: str) -> ObjectInfo | None:
+        if self.fast and key:
+            return self.fast.info(key)
         try:
             info = self.fs.info(self._path(key))
         except FileNotFoundError:
