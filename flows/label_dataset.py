@@ -318,9 +318,6 @@ def label_dataset(
     info = job.info(config)
     resolved = job.resolved(config)  # shards get the classes and thresholds as values, never a path to re-read
     folder = RunFolder(out or default_out(dataset), job.storage_options)
-    if review and folder.remote:
-        raise ValueError(f"review=true needs a local run folder; run clearclip review {folder.root} on a machine that "
-                         "has a copy of it (object-storage runs are reviewed from a copy for now)")
     create_markdown_artifact(str(folder.root), key=RUN_FOLDER_ARTIFACT, description="the run folder of this run")
     with folder.orchestrated(f"label-dataset flow run '{runtime.flow_run.name}' ({runtime.flow_run.id})"):
         with folder.lock(exclusive=False):
@@ -358,9 +355,9 @@ def label_dataset(
                     folder.annotations_path)
     review_name = None
     if review:
-        from clearclip.review.sync import load_run
+        from clearclip.review.sync import load_any_run
 
-        review_name = load_run(folder.root)[0].name
+        review_name = load_any_run(folder.root, job.storage_options)[0].name
     results = {"elapsed_seconds": round(time.monotonic() - began, 1), "annotations_file": str(folder.annotations_path),
                "fiftyone_dataset": review_name}
     create_markdown_artifact(summary_markdown(summary, results), key="label-dataset-summary",

@@ -41,7 +41,7 @@ def run_review(args: argparse.Namespace) -> int:
 
     app_environment()
     from ..review.app import check_port_free, launch
-    from ..review.sync import default_dataset_name, load_run
+    from ..review.sync import keep_decisions, load_any_run
 
     gt = args.gt
     if gt is not None and is_url(gt):
@@ -53,38 +53,14 @@ def run_review(args: argparse.Namespace) -> int:
     if not args.no_launch:
         check_port_free(args.port, args.address)  # before the load, not after it
     run_dir, options = args.run_dir, storage_options(args)
-    local = run_dir
-    if is_url(run_dir):
-        from ..run.copies import local_copy
-
-        copy = local_copy(run_dir, options)
-        print(copy.line())
-        local = copy.path / "run"
-    dataset, report = load_run(local, args.name or default_dataset_name(run_dir), gt)
-    if is_url(run_dir):  # the load saved what reviewers did since the last one into the copy
-        _keep_decisions(dataset, run_dir, local, options)
+    dataset, report, local = load_any_run(run_dir, options, args.name, gt)
     print(report)
     if not args.no_launch:
         try:
             launch(dataset, port=args.port, address=args.address)
         finally:  # Ctrl-C ends a session: what the reviewers did goes into the run folder
-            print(_keep_decisions(dataset, run_dir, local, options))
+            print(keep_decisions(dataset, run_dir, local, options))
     return 0
-
-
-def _keep_decisions(dataset, run_dir: str, local: str | Path, options: dict) -> str:
-    """Save the review's decisions with the run (a run on object storage: from its local copy to the bucket)."""
-    from ..review.decisions import save_decisions
-    from ..run.folder import RunFolder
-
-    images = save_decisions(dataset, local)
-    where = RunFolder(local).decisions_path
-    if is_url(run_dir):
-        from ..run.copies import upload_tree
-
-        upload_tree(Path(where), f"{run_dir.rstrip('/')}/review.json", options)
-        where = f"{run_dir.rstrip('/')}/review.json"
-    return f"saved the review's decisions ({images} images) to {where}"
 
 
 def add_export_parser(subparsers) -> None:

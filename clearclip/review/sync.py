@@ -280,6 +280,34 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     return dataset, "\n".join(lines)
 
 
+def load_any_run(run_dir: str | Path, options: dict | None = None, name: str | None = None,
+                 gt: str | Path | None = None):
+    """``load_run`` of a folder, or of a run on object storage through its local copy (``run.copies``), whose
+    decisions then go back to the bucket; returns (dataset, report, the folder loaded)."""
+    if not is_url(run_dir):
+        return (*load_run(run_dir, name, gt), run_dir)
+    from ..run.copies import local_copy
+
+    copy = local_copy(str(run_dir), options)
+    local = copy.path / "run"
+    dataset, report = load_run(local, name or default_dataset_name(run_dir), gt)
+    keep_decisions(dataset, run_dir, local, options)  # the load saved what reviewers did since the last one
+    return dataset, f"{copy.line()}\n{report}", local
+
+
+def keep_decisions(dataset, run_dir: str | Path, local: str | Path, options: dict | None = None) -> str:
+    """Save the review's decisions with the run (a run on object storage: from its local copy to the bucket);
+    returns a line saying where."""
+    images = save_decisions(dataset, local)
+    where = RunFolder(local).decisions_path
+    if is_url(run_dir):
+        from ..run.copies import upload_tree
+
+        where = f"{str(run_dir).rstrip('/')}/review.json"
+        upload_tree(Path(RunFolder(local).decisions_path), where, options)
+    return f"saved the review's decisions ({images} images) to {where}"
+
+
 def save_review_views(dataset) -> None:
     """The saved views a reviewer works through (``to-review`` first), the indexes of the sorts, and the
     dataset's description saying how to review."""
