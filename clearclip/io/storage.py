@@ -13,7 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,6 +105,11 @@ class FastS3:
         import obstore
 
         return bytes(obstore.get(self.store, key).bytes())
+
+    def read_head(self, key: str, limit: int) -> bytes:
+        import obstore
+
+        return bytes(obstore.get_range(self.store, key, start=0, length=limit))
 
     def read_many(self, keys: list[str]) -> list[bytes | Exception]:
         def read(key: str) -> bytes | Exception:
@@ -280,8 +285,12 @@ class ObjectStorage:
         except OSError as error:
             raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
 
+    def read_head(self, key: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of ``key`` (one ranged GET)."""
+        return self.fast.read_head(key, limit) if self.fast else self.fs.cat_file(self._path(key), start=0, end=limit)
+
     def read_line(self, key: str, limit: int) -> bytes:
-        data = self.fs.cat_file(self._path(key), start=0, end=limit)
+        data = self.read_head(key, limit)
         end = data.find(b"\n")
         return data if end < 0 else data[: end + 1]
 
@@ -363,9 +372,17 @@ class ObjectStorage:
         try:
             path = Path(folder) / PurePosixPath(key).name
             yield path
-            self.fs.put_file(str(path), self._path(key))
+            self.upload([path], [key])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def upload(self, files: Sequence[Path], keys: Sequence[str]) -> None:
+        """Each local file as the object at its key, concurrently, each whole (multipart when large)."""
+        self.fs.put([str(f) for f in files], [self._path(k) for k in keys])
+
+    def download(self, keys: Sequence[str], files: Sequence[Path]) -> None:
+        """Each object into the local file beside it, concurrently; FileNotFoundError if one is gone."""
+        self.fs.get([self._path(k) for k in keys], [str(f) for f in files])
 
 
 def _fast_s3(url: str, options: dict) -> FastS3 | None:
@@ -395,6 +412,4 @@ def read_location(location: str | Path, options: dict | None = None, limit: int 
             return f.read(-1 if limit is None else limit + 1)
     parent, _, name = str(location).rstrip("/").rpartition("/")
     storage = ObjectStorage(parent, dict(options or {}))
-    if limit is None:
-        return storage.read_bytes(name)
-    return storage.fs.cat_file(storage._path(name), start=0, end=limit + 1)
+    return storage.read_bytes(name) if limit is None else storage.read_head(name, limit + 1)

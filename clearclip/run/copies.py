@@ -73,7 +73,7 @@ def _fetch(storage: ObjectStorage, wanted: dict[str, ObjectInfo], target: Path, 
         for key in batch:
             (target / key).parent.mkdir(parents=True, exist_ok=True)
         try:
-            storage.fs.get([storage._path(key) for key in batch], [str(target / key) for key in batch])
+            storage.download(batch, [target / key for key in batch])
         except FileNotFoundError as error:
             raise ClearCLIPError(f"an object of {storage.url} went away while it was fetched ({error}); run the "
                                  "command again") from error
@@ -161,9 +161,9 @@ def upload_tree(local: Path, url: str, options: dict | None = None) -> int:
     if local.is_file():
         parent, _, name = url.rstrip("/").rpartition("/")
         storage = open_storage(parent, options)
-        storage.fs.put_file(str(local), storage._path(name))
+        storage.upload([local], [name])
         return 1
     storage = open_storage(url, options)
     files = sorted(p for p in local.rglob("*") if p.is_file())
-    storage.fs.put([str(p) for p in files], [storage._path(p.relative_to(local).as_posix()) for p in files])
+    storage.upload(files, [p.relative_to(local).as_posix() for p in files])
     return len(files)
