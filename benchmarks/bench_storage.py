@@ -8,7 +8,11 @@
    processes' start is paid once per run: S3 workers are spawned, local ones forked).
 3. The media cache fill of ``clearclip review s3://...``: files/s and MB/s into ``$CLEARCLIP_CACHE_DIR/runs``.
 
+``--placement split`` pins the server to the last CPU and this process (and its decoders) to the others, for
+the local and the S3 runs alike: on a small machine it separates the server's CPU from the client's.
+
     python benchmarks/bench_storage.py --sizes 10000 100000 --images 400
+    python benchmarks/bench_storage.py --sizes --images 1000 --repeats 3 --placement split
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from bench_scale import CLASSES, build_run  # noqa: E402
 from object_store import start_object_store  # noqa: E402
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cpus`` (threads and processes started later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:  # a thread that just ended
+            pass
 
 
 def upload(store, local: Path, url: str) -> float:
@@ -80,14 +93,22 @@ def delivered_per_second(root, names: list[str], options, fetchers: int, workers
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10000])
     parser.add_argument("--images", type=int, default=400, help="JPEGs (640x480) for the delivery rate")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (as --workers)")
+    parser.add_argument("--repeats", type=int, default=1, help="delivery measurements per case (each printed)")
+    parser.add_argument("--placement", choices=["shared", "split"], default="shared",
+                        help="split: the server on the last CPU, this process on the others")
     args = parser.parse_args(argv)
     os.environ.setdefault("CLEARCLIP_CACHE_DIR", tempfile.mkdtemp(prefix="bench-storage-cache-"))
     root = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     store = start_object_store(root / "seaweedfs")
     try:
+        if args.placement == "split":
+            cpus = sorted(os.sched_getaffinity(0))
+            pin(store.process.pid, {cpus[-1]})
+            pin(os.getpid(), set(cpus[:-1]))
+            print(f"placement: server on CPU {cpus[-1]}, this process on {cpus[:-1]}")
         bucket = store.bucket("bench")
         print("size      step            disk s    S3 s   S3/disk   (upload s)")
         for size in args.sizes:
@@ -109,12 +130,13 @@ def main(argv=None) -> int:
             Image.fromarray(base).resize((640, 480), Image.BICUBIC).save(photos / name, quality=90)
             names.append(name)
         upload(store, photos, f"{bucket}/photos")
-        local = delivered_per_second(photos, names, None, 1, args.workers)
         print(f"\ndelivered to the model, {args.workers} decoding process(es), {args.images} JPEGs 640x480:")
-        print(f"  local disk          {local:8.1f} images/s")
-        for fetchers in (1, 4, 16):
-            rate = delivered_per_second(f"{bucket}/photos", names, store.options, fetchers, args.workers)
-            print(f"  S3, {fetchers:2d} fetchers     {rate:8.1f} images/s   {rate / local:5.2f}x local")
+        for _ in range(args.repeats):  # local measured again before each S3 row: the ratio is to its neighbour
+            for fetchers in (1, 4, 16):
+                local = delivered_per_second(photos, names, None, 1, args.workers)
+                rate = delivered_per_second(f"{bucket}/photos", names, store.options, fetchers, args.workers)
+                print(f"  local disk {local:8.1f} images/s   S3, {fetchers:2d} fetchers {rate:8.1f} images/s   "
+                      f"{rate / local:5.2f}x local")
 
         from clearclip.annotations.coco import CocoWriter
         from clearclip.run.copies import copy_dir, local_copy
