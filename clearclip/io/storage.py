@@ -16,11 +16,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
-from ..errors import ClearCLIPError, EnvironmentFailure
+from ..errors import ClearCLIPError, EnvironmentFailure, one_line
 from .atomic import atomic_path, create_text, write_bytes
 
 BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gs"), "gcs": ("gcsfs", "gs"),
@@ -111,16 +112,6 @@ class FastS3:
 
         return bytes(obstore.get_range(self.store, key, start=0, length=limit))
 
-    def read_many(self, keys: list[str]) -> list[bytes | Exception]:
-        def read(key: str) -> bytes | Exception:
-            try:
-                return self.read_bytes(key)
-            except Exception as error:  # obstore's errors derive from Exception, not OSError
-                return error
-
-        with ThreadPoolExecutor(FETCH_CONCURRENCY, thread_name_prefix="s3-read") as pool:
-            return list(pool.map(read, keys))
-
     def write_bytes(self, key: str, data: bytes) -> None:
         import obstore
 
@@ -160,6 +151,33 @@ class FastS3:
         return found
 
 
+CLIENT_ERRORS = (("obstore.exceptions", "BaseError"), ("botocore.exceptions", "BotoCoreError"),
+                 ("aiohttp", "ClientError"), ("azure.core.exceptions", "AzureError"))  # none of them an OSError
+
+
+@cache
+def _client_errors() -> tuple[type[Exception], ...]:
+    found = []
+    for module, name in CLIENT_ERRORS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+@contextmanager
+def _os_errors() -> Iterator[None]:
+    """A failed request as an OSError, whichever client sent it (obstore, botocore, aiohttp and azure-core
+    raise their own families; a missing object already is a FileNotFoundError), so callers handle one kind."""
+    try:
+        yield
+    except _client_errors() as error:
+        if isinstance(error, OSError):
+            raise
+        raise OSError(one_line(error)) from error
+
+
 def _botocore_credentials() -> dict:
     """Credentials from botocore's chain (profiles, SSO, instance roles), for obstore; refreshed every 5 minutes."""
     import botocore.session
@@ -193,14 +211,16 @@ class LocalStorage:
         with open(self.location(key), "rb") as f:
             return f.readline(limit)
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
-        """Each key's bytes, or the error reading it."""
-        out: dict[str, bytes | Exception] = {}
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Each key's bytes, None where there is no such file; EnvironmentFailure if one cannot be read."""
+        out: dict[str, bytes | None] = {}
         for key in keys:
             try:
                 out[key] = self.read_bytes(key)
+            except FileNotFoundError:
+                out[key] = None
             except OSError as error:
-                out[key] = error
+                raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
         return out
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -278,67 +298,95 @@ class ObjectStorage:
         return f"{self._root}/{key}" if key else self._root
 
     def read_bytes(self, key: str) -> bytes:
-        try:
+        """The object's bytes; FileNotFoundError if there is none, EnvironmentFailure if the request failed."""
+        with self._reading(key):
             return self.fast.read_bytes(key) if self.fast else self.fs.cat_file(self._path(key))
+
+    def read_head(self, key: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of ``key`` (one ranged GET); errors as ``read_bytes``."""
+        with self._reading(key):
+            return self.fast.read_head(key, limit) if self.fast else self.fs.cat_file(self._path(key), start=0, end=limit)
+
+    @contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        try:
+            with _os_errors():
+                yield
         except FileNotFoundError:
             raise
         except OSError as error:
             raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
-
-    def read_head(self, key: str, limit: int) -> bytes:
-        """The first ``limit`` bytes of ``key`` (one ranged GET)."""
-        return self.fast.read_head(key, limit) if self.fast else self.fs.cat_file(self._path(key), start=0, end=limit)
 
     def read_line(self, key: str, limit: int) -> bytes:
         data = self.read_head(key, limit)
         end = data.find(b"\n")
         return data if end < 0 else data[: end + 1]
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | Exception]:
-        """Each key's bytes, or the error reading it: FETCH_CONCURRENCY GETs at once (``cat_ranges``: no HEAD
-        before each GET, as ``cat`` sends)."""
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Each key's bytes, None where there is no such object, FETCH_CONCURRENCY GETs at once (``cat_ranges``:
+        no HEAD before each GET, as ``cat`` sends); EnvironmentFailure naming the first that failed otherwise."""
         keys = list(keys)
         if self.fast:
-            return dict(zip(keys, self.fast.read_many(keys)))
+            def read(key: str) -> bytes | None:
+                try:
+                    return self.read_bytes(key)
+                except FileNotFoundError:
+                    return None
+
+            with ThreadPoolExecutor(FETCH_CONCURRENCY, thread_name_prefix="s3-read") as pool:
+                return dict(zip(keys, pool.map(read, keys)))
         got = self.fs.cat_ranges([self._path(k) for k in keys], [None] * len(keys), [None] * len(keys),
                                  on_error="return", batch_size=FETCH_CONCURRENCY) if keys else []
-        return {key: value if isinstance(value, Exception) else bytes(value) for key, value in zip(keys, got)}
+        found: dict[str, bytes | None] = {}
+        for key, value in zip(keys, got):
+            if isinstance(value, FileNotFoundError):
+                found[key] = None
+            elif isinstance(value, Exception):
+                with self._reading(key):
+                    raise value
+            else:
+                found[key] = bytes(value)
+        return found
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        if self.fast:
-            return self.fast.write_bytes(key, data)
-        self.fs.pipe_file(self._path(key), data)
+        with _os_errors():
+            if self.fast:
+                return self.fast.write_bytes(key, data)
+            self.fs.pipe_file(self._path(key), data)
 
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` unless it exists (a conditional PUT, ``If-None-Match: *``); whether this call did."""
-        if self.fast:
-            return self.fast.create(key, data)
-        try:
-            with self.fs.open(self._path(key), "xb") as f:
-                f.write(data)
-        except FileExistsError:
-            return False
-        except OSError as error:
-            if "pre-condition" in str(error).lower() or "precondition" in str(error).lower():
+        with _os_errors():
+            if self.fast:
+                return self.fast.create(key, data)
+            try:
+                with self.fs.open(self._path(key), "xb") as f:
+                    f.write(data)
+            except FileExistsError:
                 return False
-            raise
+            except OSError as error:
+                if "pre-condition" in str(error).lower() or "precondition" in str(error).lower():
+                    return False
+                raise
         return True
 
     def delete(self, key: str) -> None:
-        if self.fast:
-            return self.fast.delete(key)
-        try:
-            self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            pass
+        with _os_errors():
+            if self.fast:
+                return self.fast.delete(key)
+            try:
+                self.fs.rm_file(self._path(key))
+            except FileNotFoundError:
+                pass
 
     def info(self, key: str) -> ObjectInfo | None:
-        if self.fast and key:
-            return self.fast.info(key)
-        try:
-            info = self.fs.info(self._path(key))
-        except FileNotFoundError:
-            return None
+        with _os_errors():
+            if self.fast and key:
+                return self.fast.info(key)
+            try:
+                info = self.fs.info(self._path(key))
+            except FileNotFoundError:
+                return None
         if info.get("type") == "directory":
             return None
         return ObjectInfo(int(info["size"]), _modified_ns(info), _etag(info))
@@ -346,15 +394,15 @@ class ObjectStorage:
     def list(self, prefix: str, hidden: bool = False) -> dict[str, ObjectInfo]:
         """Every object under ``prefix`` (one paged listing), keys relative to the root; unless ``hidden``, names
         with a part starting with ``.`` excluded."""
-        if self.fast:
-            return {k: v for k, v in self.fast.list(prefix).items()
-                    if hidden or not any(p.startswith(".") for p in k.split("/"))}
-        base = self._path(prefix)
-        self.fs.invalidate_cache()
-        try:
-            entries = self.fs.find(base, detail=True, withdirs=False)
-        except FileNotFoundError:
-            return {}
+        with _os_errors():
+            if self.fast:
+                return {k: v for k, v in self.fast.list(prefix).items()
+                        if hidden or not any(p.startswith(".") for p in k.split("/"))}
+            self.fs.invalidate_cache()
+            try:
+                entries = self.fs.find(self._path(prefix), detail=True, withdirs=False)
+            except FileNotFoundError:
+                return {}
         found = {}
         cut = len(self._root) + 1
         for path, info in entries.items():
@@ -378,11 +426,13 @@ class ObjectStorage:
 
     def upload(self, files: Sequence[Path], keys: Sequence[str]) -> None:
         """Each local file as the object at its key, concurrently, each whole (multipart when large)."""
-        self.fs.put([str(f) for f in files], [self._path(k) for k in keys])
+        with _os_errors():
+            self.fs.put([str(f) for f in files], [self._path(k) for k in keys])
 
     def download(self, keys: Sequence[str], files: Sequence[Path]) -> None:
         """Each object into the local file beside it, concurrently; FileNotFoundError if one is gone."""
-        self.fs.get([self._path(k) for k in keys], [str(f) for f in files])
+        with _os_errors():
+            self.fs.get([self._path(k) for k in keys], [str(f) for f in files])
 
 
 def _fast_s3(url: str, options: dict) -> FastS3 | None:

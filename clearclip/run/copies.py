@@ -61,7 +61,10 @@ def _index(target: Path) -> dict:
 def _fetch(storage: ObjectStorage, wanted: dict[str, ObjectInfo], target: Path, index: dict, report: CopyReport,
            progress: Callable[[int], None]) -> None:
     """Fetch the objects ``wanted`` (key: listing) into ``target/<key>``, unless ``index`` has the file at that
-    ETag. Index keys are paths relative to the copy."""
+    ETag. Index keys are paths relative to the copy; a key that would lead out of ``target`` is refused."""
+    for key in wanted:
+        checked_name(key, storage.url)
+
     def indexed(key: str) -> str:
         return (target / key).relative_to(report.path).as_posix()
 

@@ -47,7 +47,7 @@ def merge_run(
         for chunk, records in _read_ahead(folder, images):
             for image in chunk:
                 data = records[f"records/{image.name}.json"]
-                header, lines = folder.parse_record(image.name, data) if isinstance(data, bytes) else (None, [])
+                header, lines = folder.parse_record(image.name, data) if data is not None else (None, [])
                 state = folder.state(image, header, labels) if header is not None else TODO
                 if state == DONE:
                     try:

@@ -225,3 +225,26 @@ def test_an_image_fetched_from_s3_decodes_as_the_file_does(tmp_path, object_stor
     for name in ("a.png", "b.jpg"):
         fetched = load_image(f"{bucket}/x/{name}", content=storage.read_bytes(name))
         assert np.array_equal(fetched, load_image(tmp_path / name))
+
+
+def test_an_unreachable_store_fails_as_the_machine_not_the_input():
+    """A request that fails (here: nothing listens at the endpoint) is an OSError whichever client sent it, so a
+    lease keeps renewing through a blip, and a read, one of a merge's included, is an environment failure naming
+    the object (not an image taken for unlabeled)."""
+    import socket
+
+    from clearclip.io.storage import ObjectStorage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for options in ({"client_kwargs": {"endpoint_url": endpoint}},  # obstore
+                    {"client_kwargs": {"endpoint_url": endpoint}, "config_kwargs": {"retries": {"max_attempts": 1}}}):
+        storage = ObjectStorage("s3://nowhere/run", options)
+        assert (storage.fast is None) == ("config_kwargs" in options)  # the second through s3fs
+        with pytest.raises(EnvironmentFailure, match="s3://nowhere/run/run.json"):
+            storage.read_bytes("run.json")
+        with pytest.raises(EnvironmentFailure, match="s3://nowhere/run/records/a.jpg.json"):
+            storage.read_many(["records/a.jpg.json"])
+        with pytest.raises(OSError):
+            storage.write_bytes("leases/exclusive.json", b"{}")

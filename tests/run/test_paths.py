@@ -78,3 +78,25 @@ def test_a_poisoned_run_folder_deletes_nothing_outside(tmp_path, tiny_model_name
     os.unlink(out / "labels" / "ext")  # the link removed, as the message says, the run goes on
     assert main(args) == 0
     assert json.loads((out / "run.json").read_text())["removed_records_of_deleted_images"] == 1
+
+
+class _Listed:
+    """A bucket whose listing holds ``keys`` (AWS S3 accepts keys like ``a/../../b``; SeaweedFS refuses them)."""
+
+    url = "s3://bucket/run"
+
+    def download(self, keys, files):
+        for file in files:
+            open(file, "wb").close()
+
+
+def test_an_object_key_that_leaves_the_media_cache_is_refused(tmp_path):
+    from clearclip.io.storage import ObjectInfo
+    from clearclip.run.copies import CopyReport, _fetch
+
+    target = tmp_path / "cache" / "run"
+    target.mkdir(parents=True)
+    wanted = {"labels/a.png": ObjectInfo(1, 0, "e1"), "labels/../../../escaped.png": ObjectInfo(1, 0, "e2")}
+    with pytest.raises(ClearCLIPError, match=r"s3://bucket/run: 'labels/\.\./\.\./\.\./escaped\.png'"):
+        _fetch(_Listed(), wanted, target, {}, CopyReport(tmp_path / "cache"), lambda _: None)
+    assert not list(tmp_path.rglob("*.png"))  # nothing fetched, inside or out
