@@ -27,6 +27,8 @@ from .atomic import atomic_path, create_text, write_bytes
 BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gs"), "gcs": ("gcsfs", "gs"),
             "az": ("adlfs", "az"), "abfs": ("adlfs", "az"), "abfss": ("adlfs", "az")}  # scheme: (module, extra)
 FETCH_CONCURRENCY = 32  # objects read at once by ``read_many`` (fsspec's async backends run them together)
+LIST_CONCURRENCY = 16  # subfolders listed at once (S3)
+LIST_SPLIT_LEVELS = 3  # how deep a listing looks for subfolders to list concurrently
 
 
 def is_url(location: str | Path) -> bool:
@@ -142,13 +144,34 @@ class FastS3:
         return ObjectInfo(int(entry["size"]), _modified_ns(entry), _etag(entry))
 
     def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix``. A listing is a sequence of 1,000-object pages, so the subfolders are
+        listed concurrently: those of ``prefix``, or of its only subfolder (``images/``) down to a few levels."""
         import obstore
 
-        found = {}
-        for batch in obstore.list(self.store, f"{prefix}/" if prefix else None, chunk_size=1000):
-            for entry in batch:
-                found[entry["path"]] = ObjectInfo(int(entry["size"]), _modified_ns(entry), _etag(entry))
+        found: dict[str, ObjectInfo] = {}
+        folders = [f"{prefix}/" if prefix else ""]
+        for _ in range(LIST_SPLIT_LEVELS):
+            if len(folders) != 1:
+                break
+            level = obstore.list_with_delimiter(self.store, folders[0] or None)
+            found.update(_infos(o for o in level["objects"] if o["path"] != folders[0].rstrip("/")))  # a marker
+            folders = [f"{folder.rstrip('/')}/" for folder in level["common_prefixes"]]
+        with ThreadPoolExecutor(LIST_CONCURRENCY, thread_name_prefix="s3-list") as pool:
+            for part in pool.map(self._list_below, folders):
+                found.update(part)
         return found
+
+    def _list_below(self, folder: str) -> dict[str, ObjectInfo]:
+        import obstore
+
+        found: dict[str, ObjectInfo] = {}
+        for batch in obstore.list(self.store, folder, chunk_size=1000):
+            found.update(_infos(batch))
+        return found
+
+
+def _infos(entries) -> dict[str, ObjectInfo]:
+    return {entry["path"]: ObjectInfo(int(entry["size"]), _modified_ns(entry), _etag(entry)) for entry in entries}
 
 
 CLIENT_ERRORS = (("obstore.exceptions", "BaseError"), ("botocore.exceptions", "BotoCoreError"),

@@ -248,3 +248,20 @@ def test_an_unreachable_store_fails_as_the_machine_not_the_input():
             storage.read_many(["records/a.jpg.json"])
         with pytest.raises(OSError):
             storage.write_bytes("leases/exclusive.json", b"{}")
+
+
+def test_a_listing_is_complete_whatever_the_layout(object_store, bucket):
+    """obstore's listing (subfolders listed concurrently, a few levels down a lone folder) finds exactly what a
+    plain s3fs listing finds: more than a page of objects side by side, deep lone folders, folders beside files."""
+    from clearclip.io.storage import ObjectStorage
+
+    keys = [f"flat/k{i:04d}" for i in range(1100)] + ["one/two/three/four/x.jpg", "one/two/y.jpg", "one/z.jpg",
+                                                        "top.jpg", "a/b.jpg", "a/.hidden", "a/c/d.jpg"]
+    object_store.filesystem().pipe({f"{bucket.removeprefix('s3://')}/listed/{k}": b"x" for k in keys})
+    fast = ObjectStorage(f"{bucket}/listed", object_store.options)
+    plain = ObjectStorage(f"{bucket}/listed", {**object_store.options, "config_kwargs": {}})  # s3fs
+    assert fast.fast is not None and plain.fast is None
+    for prefix in ("", "one", "flat", "a"):
+        expected = {k for k in keys if k.startswith(f"{prefix}/" if prefix else "") and ".hidden" not in k}
+        assert set(fast.list(prefix)) == set(plain.list(prefix)) == expected, prefix
+    assert set(fast.list("a", hidden=True)) == {"a/b.jpg", "a/.hidden", "a/c/d.jpg"}
