@@ -275,6 +275,19 @@ with get_client(sync_client=True) as client:
 """
 
 
+def _installed_python(home: Path) -> Path:
+    """The python of a fresh virtual environment holding clearclip as a worker machine gets it: a wheel built
+    from this checkout and installed (the flows included), not the checkout itself. The other dependencies
+    come from this interpreter's site-packages (nothing to download)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(home / "dist"), str(ROOT)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(home / "venv")], check=True, timeout=120)
+    python = home / "venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    *map(str, (home / "dist").glob("clearclip-*.whl"))], check=True, timeout=300)
+    return python
+
+
 def _bare_process(stack, home: Path, name: str, command: list[str], extra: dict) -> subprocess.Popen:
     """A process as on a machine that shares nothing with the deployer: its own working directory, HOME,
     TMPDIR and PREFECT_HOME, no checkout on its path, and an environment of PREFECT_API_URL and the storage
@@ -292,8 +305,8 @@ def _bare_process(stack, home: Path, name: str, command: list[str], extra: dict)
 
 
 def test_workers_that_share_nothing_label_a_bucket(folder, reference, tiny_model_name, tmp_path, object_store, bucket):
-    """The dataset lives only in a bucket; the orchestrator and two shard workers run from their own folders
-    with nothing but PREFECT_API_URL and storage credentials; one shard worker is SIGKILLed mid-shard (no
+    """The dataset lives only in a bucket; the orchestrator and two shard workers run clearclip installed from a
+    wheel, from their own folders, with nothing but PREFECT_API_URL and storage credentials; one shard worker is SIGKILLed mid-shard (no
     heartbeats are configured: the parent's stall check recovers its shard). annotations.json in the bucket
     equals a local run's, and the secret is in no parameter, log or object."""
     from object_store import SECRET, credentials_environment
@@ -303,12 +316,17 @@ def test_workers_that_share_nothing_label_a_bucket(folder, reference, tiny_model
     object_store.upload(copy, f"{bucket}/images")
     shutil.rmtree(copy)
     storage = credentials_environment()
+    python = _installed_python(tmp_path / "install")
+    where = subprocess.run([str(python), "-c", "import clearclip, flows; print(clearclip.__file__, flows.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert str(ROOT) not in where and where.count(str(tmp_path / "install" / "venv")) == 2, where
     with ServeStack(tmp_path / "prefect", orchestrator=False) as stack:
         machines = tmp_path / "machines"
-        _bare_process(stack, machines, "orchestrator", ["prefect", "worker", "start", "--pool", "gpu", "--work-queue",
-                                                        "orchestrator", "--name", "far-orchestrator"], storage)
-        shard = [sys.executable, "-m", "flows.shard_worker", "--pool", "gpu", "--queue", "shards"]
-        doomed = _bare_process(stack, machines, "doomed", [sys.executable, str(ROOT / "tests" / "kill_after.py"), "2",
+        _bare_process(stack, machines, "orchestrator", [str(python), "-m", "prefect", "worker", "start", "--pool", "gpu",
+                                                        "--work-queue", "orchestrator", "--name", "far-orchestrator"],
+                      storage)
+        shard = [str(python), "-m", "flows.shard_worker", "--pool", "gpu", "--queue", "shards"]
+        doomed = _bare_process(stack, machines, "doomed", [str(python), str(ROOT / "tests" / "kill_after.py"), "2",
                                                            *shard[2:], "--name", "doomed"], storage)
         out = f"{bucket}/run"
         params = {**parameters(f"{bucket}/images", out, tiny_model_name, stall_seconds=30),
