@@ -67,7 +67,7 @@ def prefect_harness():
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # 23 s idle here, past its 30 s beside a busy suite
         yield
 
 
