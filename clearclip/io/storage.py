@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from pathlib import Path, PurePosixPath
 
 from ..errors import ClearCLIPError, EnvironmentFailure, one_line
@@ -415,8 +415,8 @@ class ObjectStorage:
         return ObjectInfo(int(info["size"]), _modified_ns(info), _etag(info))
 
     def list(self, prefix: str, hidden: bool = False) -> dict[str, ObjectInfo]:
-        """Every object under ``prefix`` (one paged listing), keys relative to the root; unless ``hidden``, names
-        with a part starting with ``.`` excluded."""
+        """Every object under ``prefix`` (paged listings; on s3:// through obstore, subfolders concurrently), keys
+        relative to the root; unless ``hidden``, names with a part starting with ``.`` excluded."""
         with _os_errors():
             if self.fast:
                 return {k: v for k, v in self.fast.list(prefix).items()
