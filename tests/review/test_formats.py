@@ -236,7 +236,7 @@ def test_cvat_export_memory_is_flat_in_the_number_of_images(tmp_path):
     dataset, _ = load_run(run, name="formats-memory")
     dataset.limit(200).tag_samples("first")
     script = f"""
-import json, sys, tracemalloc
+import json, tracemalloc
 from clearclip.cli import main
 peaks = {{}}
 for count, tags in ((200, ["--tags", "first"]), (2000, [])):
