@@ -153,7 +153,9 @@ class TextEmbeddingCache:
             return None
         path = self._path(key)
         try:
-            value = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a corrupt entry's bytes before it fails on them
+                warnings.simplefilter("ignore", UserWarning)
+                value = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None
         except Exception:  # a truncated or corrupt entry (pickle, zip, EOF errors...) is recomputed and rewritten

@@ -272,16 +272,17 @@ def test_an_unreadable_precision_record_counts_as_none(data, tmp_path, tiny_mode
 @pytest.mark.slow
 def test_ctrl_c_while_decoding_prints_one_line(tiny_model_name, tmp_path):
     data = tmp_path / "data"
-    write_plain_folder(data, 40, size=(96, 128))
+    write_plain_folder(data, 200, size=(96, 128))  # enough that the run is still decoding at the first record
     command = [sys.executable, "-m", "clearclip", *label_args(data, tmp_path / "run", tiny_model_name)]
     command[command.index("--workers") + 1] = "1"
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "run" / "records").rglob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the first record was seen"
     os.killpg(process.pid, signal.SIGINT)  # what a terminal does: the whole group, decode worker included
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert err.strip() == "clearclip: interrupted", err
 
 
