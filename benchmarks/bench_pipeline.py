@@ -181,11 +181,13 @@ def neighbour_case(root: Path, count: int) -> tuple[float, float, float]:
         Image.fromarray(image).save(folder / f"{i:05d}.png")
     command = [sys.executable, "-m", "clearclip", "label", str(folder), "--class", "sky", "--class", "grass",
                "--class", "road", "--model", "ViT-S-16", "--pretrained", "none", "--short-side", "64", "--crop", "64",
-               "--quiet"]
+               "--stride", "64", "--quiet"]
 
     def timed(out: str, env: dict) -> float:
         start = time.perf_counter()
-        subprocess.run(command + ["--out", str(root / out)], check=True, capture_output=True, env={**os.environ, **env})
+        done = subprocess.run(command + ["--out", str(root / out)], capture_output=True, text=True, env={**os.environ, **env})
+        if done.returncode:
+            raise SystemExit(f"clearclip label failed ({done.returncode}): {done.stderr.strip()}")
         return time.perf_counter() - start
 
     idle = timed("idle", {})
