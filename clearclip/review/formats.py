@@ -12,15 +12,19 @@ Every format streams: images come from the database one at a time (``export.iter
 each is written before the next is read, so memory stays flat in the number of images (FiftyOne's CVAT
 exporter held the whole document). Each image keeps its path in the run's dataset folder under the
 format's media and label folders (``images/train/a/b.jpg``, ``labels/train/a/b.txt``), so two images of one
-name in two folders never collide; media are symlinks to the originals.
+name in two folders never collide. Label files are named by the image's stem, as the tools expect; where two
+images share a stem in one folder (``a.jpg``, ``a.png``), the later one is exported as ``a-png.png`` (then
+``a-png-2.png``...), media and label alike. Media are symlinks to the originals.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 import cv2
@@ -130,6 +134,20 @@ def export_dataset(dataset_name: str, out: str | Path, format: str = "coco", fie
     return _write_masks(images, out, classes)
 
 
+def _labeled(out: Path, folder: str, image: LabeledImage, suffix: str) -> tuple[LabeledImage, Path]:
+    """The image, renamed if another image of its stem already took its label file, and that label file
+    (``out/folder/<stem><suffix>``). The export folder starts empty, so a label already there is this
+    export's: ``a.jpg`` took ``a.txt``, so ``a.png`` becomes ``a-png.png`` (``a-png.txt``), then
+    ``a-png-2.png``."""
+    name = PurePosixPath(image.name)
+    renamed = (name.with_name(f"{name.stem}-{name.suffix[1:] or 'file'}{'' if n == 1 else f'-{n}'}{name.suffix}")
+               for n in itertools.count(1))
+    for candidate in itertools.chain([name], renamed):
+        label = contained(out, out / folder / candidate).with_suffix(suffix)
+        if not label.exists():
+            return (image if candidate == name else dataclasses.replace(image, name=str(candidate))), label
+
+
 def _link(out: Path, folder: str, image: LabeledImage) -> None:
     """``out/folder/<image name>``: a symlink to the image."""
     link = contained(out, out / folder / image.name)
@@ -176,13 +194,14 @@ def _write_yolo(images: Iterable[LabeledImage], out: Path, classes: list[str], v
     for image in images:
         split = "val" if in_val_split(image.name, val_fraction) else "train"
         has_val |= split == "val"
+        image, label = _labeled(out, f"labels/{split}", image, ".txt")
         _link(out, f"images/{split}", image)
         parts = [(index[detection.label], polygon) for detection in image.detections
                  for polygon in instance_polygons(detection, image.width, image.height)]
-        rows = [f"{label} {row}\n" for (label, _), row in zip(parts, polygon_rows([p for _, p in parts], 6, b" ", b" "))]
-        label = contained(out, out / "labels" / split / image.name).with_suffix(".txt")
+        rows = polygon_rows([polygon for _, polygon in parts], 6, b" ", b" ")
+        text = "".join(f"{class_index} {row}\n" for (class_index, _), row in zip(parts, rows))
         label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("".join(rows), encoding="utf-8")
+        label.write_text(text, encoding="utf-8")
         count += 1
     spec = {"train": "images/train", "val": "images/val" if has_val else "images/train",
             "nc": len(classes), "names": dict(enumerate(classes))}
@@ -228,12 +247,12 @@ def _write_masks(images: Iterable[LabeledImage], out: Path, classes: list[str]) 
     value = {name: i + 1 for i, name in enumerate(classes)}
     count = 0
     for image in images:
+        image, label = _labeled(out, "labels", image, ".png")
         _link(out, "data", image)
         label_map = np.zeros((image.height, image.width), np.uint8 if len(classes) < 255 else np.uint16)
         for detection in image.detections:
             mask, x, y = detection_mask(detection, image.width, image.height)
             label_map[y : y + mask.shape[0], x : x + mask.shape[1]][mask] = value[detection.label]
-        label = contained(out, out / "labels" / image.name).with_suffix(".png")
         label.parent.mkdir(parents=True, exist_ok=True)
         save_label_png(label_map, label)
         count += 1

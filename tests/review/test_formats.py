@@ -220,6 +220,39 @@ def test_exports_keep_folders_so_equal_names_never_collide(tmp_path):
         ["a/x.png", "b/c/x.png"]
 
 
+def test_images_of_one_stem_in_one_folder_get_label_files_of_their_own(tmp_path):
+    """x.jpg, x.png and x-png.png in one folder: YOLO and masks name label files by the image's stem, so the
+    later images are exported under new names, and each image link finds its own labels where the tools look
+    (Ultralytics: labels/<split>/<link stem>.txt)."""
+    import os
+
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    classes = ["cat", "dog", "sofa"]
+    dataset = fo.Dataset("formats-stems")
+    dataset.info["clearclip"] = {"categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+    dataset.save()
+    label_of = {}
+    for name, (mask, _), label in zip(("x.jpg", "x.png", "x-png.png"), shapes(), classes):
+        Image.fromarray(np.full((HEIGHT, WIDTH, 3), 50, np.uint8)).save(folder / name)
+        dataset.add_sample(fo.Sample(filepath=str(folder / name), file_name=f"a/{name}",
+                                     pseudo_labels=fo.Detections(detections=[instance(mask, label)])))
+        label_of[str(folder / name)] = label
+    yolo, masks = tmp_path / "yolo", tmp_path / "masks"
+    assert main(["export", dataset.name, "--format", "yolo", "--out", str(yolo)]) == 0
+    assert main(["export", dataset.name, "--format", "masks", "--out", str(masks)]) == 0
+    links = sorted((yolo / "images/train/a").iterdir())
+    assert [link.name for link in links] == ["x-png-png.png", "x-png.png", "x.jpg"]
+    for link in links:
+        row = (yolo / "labels/train/a" / f"{link.stem}.txt").read_text()
+        assert classes[int(row.split()[0])] == label_of[os.readlink(link)]
+    links = sorted((masks / "data/a").iterdir())
+    assert len(links) == 3 == len(list((masks / "labels/a").iterdir()))
+    for link in links:
+        value = np.asarray(Image.open(masks / "labels/a" / f"{link.stem}.png")).max()
+        assert classes[value - 1] == label_of[os.readlink(link)]
+
+
 @pytest.mark.slow
 def test_cvat_export_memory_is_flat_in_the_number_of_images(tmp_path):
     """A streamed export: the peak of Python allocations (numpy's included) exporting 2,000 images stays
