@@ -164,6 +164,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--keep", type=Path, help="build the runs here and keep them (default: a temp folder)")
+    parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS), metavar="STEP",
+                        help="the steps to run, in this order (review needs the merge, the exports need review); default: "
+                             + ", ".join(map(repr, STEPS)))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from private_mongo import start_private_mongod
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             dataset, run = build_run(root, count)
             print(f"built a run of {count} images in {time.perf_counter() - start:.0f} s", flush=True)
-            for step in STEPS:
+            for step in args.steps:
                 seconds, peak = run_step(step, dataset, run, env)
                 rows.append((count, step, seconds, peak))
                 print(f"{count:>7} {step:<20} {seconds:>8.1f} s {peak:>8.0f} MB", flush=True)
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
         print(f"{count:>7} {step:<20} {seconds:>10.1f} {1000 * seconds / count:>9.2f} {peak:>11.0f}")
     largest, previous = max(args.sizes), sorted(args.sizes)[-2] if len(args.sizes) > 1 else None
     if previous:
-        for step in ("merge", "review --no-launch", "export cvat"):
+        for step in [s for s in ("merge", "review --no-launch", "export cvat") if s in args.steps]:
             peaks = {c: p for c, s, _, p in rows if s == step}
             print(f"{step}: peak RSS at {largest} images / at {previous}: {peaks[largest] / peaks[previous]:.2f}")
     print(f"finish of a 12 MP label map with 100 regions: {above:.0f} MB above the process before it "

@@ -32,6 +32,7 @@ from bson.raw_bson import RawBSONDocument
 
 from ..annotations.record import Annotation
 from ..annotations.rle import decode_rles_in_boxes
+from ..errors import ClearCLIPError
 from ..io.helpers import helper_context, start_helper
 from ..io.threads import available_cores
 from ..run.folder import RunFolder
@@ -86,6 +87,20 @@ def annotations_hash(annotations: list[dict]) -> str:
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def annotation_records(annotations: list[dict], classes_map: dict[int, str],
+                       source: Path) -> list[tuple[Annotation, str]]:
+    """The run's annotations of one image as (record, label); a ClearCLIPError names one that cannot be read."""
+    records = []
+    for annotation in annotations:
+        try:
+            record = Annotation.from_dict(annotation)
+            records.append((record, classes_map[record.category_id]))
+        except (ValueError, KeyError) as error:
+            raise ClearCLIPError(f"{source}: annotation {annotation.get('id')!r} cannot be read ({error}); rerun "
+                                 "clearclip label into this run folder to rewrite it") from None
+    return records
+
+
 def _detection_document(record: Annotation, label: str, run_index: int, mask: np.ndarray) -> dict:
     height, width = record.image_size
     x, y, w, h = record.bbox
@@ -101,23 +116,23 @@ def sample_documents(new: list[tuple[str, dict, list[dict]]], classes_map: dict[
                      dataset_id: ObjectId, rands: list[float]) -> list[dict]:
     """The sample documents of ``(filepath, image, annotations)``: the run's labels in ``pseudo_labels_run``,
     the same detections (ids included) in ``pseudo_labels``, their hashes, the run's label map, the confidence
-    summary, image id, file name and size; ``rands`` are FiftyOne's per-sample random numbers. Annotations
-    must have passed ``Annotation.from_dict``."""
+    summary, image id, file name and size; ``rands`` are FiftyOne's per-sample random numbers. A ClearCLIPError
+    names an annotation that cannot be read."""
     folder = RunFolder(run_dir)
-    records = [[Annotation.from_dict(a) for a in annotations] for _, _, annotations in new]
-    flat = [record for image_records in records for record in image_records]
+    records = [annotation_records(annotations, classes_map, folder.annotations_path) for _, _, annotations in new]
+    flat = [record for image_records in records for record, _ in image_records]
     masks = iter(decode_rles_in_boxes([r.rle for r in flat], [r.bbox for r in flat]))
     now = datetime.now(timezone.utc)
     documents = []
     for (filepath, image, annotations), image_records, rand in zip(new, records, rands):
         detections, hashed = [], []
-        for index, record in enumerate(image_records):
+        for index, (record, label) in enumerate(image_records):
             mask = np.ascontiguousarray(next(masks))
-            detection = _detection_document(record, classes_map[record.category_id], index, mask)
+            detection = _detection_document(record, label, index, mask)
             detections.append(detection)
-            hashed.append((detection["label"], detection["bounding_box"], record.score, mask))
+            hashed.append((label, detection["bounding_box"], record.score, mask))
         labels = {"_cls": "Detections", "detections": detections}
-        scores = [r.score for r in image_records if r.score is not None]
+        scores = [r.score for r, _ in image_records if r.score is not None]
         document = {
             "_id": ObjectId(), "filepath": filepath, "tags": [], "_media_type": "image", "_rand": rand,
             "_dataset_id": dataset_id, "created_at": now, "last_modified_at": now,

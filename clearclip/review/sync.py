@@ -13,6 +13,8 @@ labels are unchanged are not touched; where the run relabeled an image, ``pseudo
 refreshed, and ``pseudo_labels`` too unless a reviewer edited it (then the sample is tagged
 ``run-changed``). Samples whose image left the run are tagged ``not-in-run``. File names read from the
 run go through the path gate: a name that is absolute or leaves the dataset is an error, never a sample.
+A bad entry stops the load in one line: a rerun reads the whole ``annotations.json`` before it changes
+anything; a first load checks each batch as it builds it (one pass, not two) and deletes its dataset.
 """
 
 from __future__ import annotations
@@ -24,13 +26,12 @@ from pathlib import Path
 import ijson
 
 from ..annotations.coco import iter_coco_images, read_coco_header
-from ..annotations.record import Annotation
 from ..errors import ClearCLIPError
 from ..io.storage import is_url
 from ..run.folder import RunFolder
 from ..run.paths import checked_name
 from .app import app_config
-from .documents import DocumentPipeline, annotations_hash, labels_hash
+from .documents import DocumentPipeline, annotation_records, annotations_hash, labels_hash
 from .decisions import apply_decisions, mark_written, read_decisions, save_decisions
 from .fields import (
     FILE_NAME_FIELD,
@@ -68,25 +69,12 @@ def detections_hash(detections) -> str:
                        for d in (detections.detections if detections is not None else []))
 
 
-def _records(annotations: list[dict], classes_map: dict[int, str], source: Path) -> list[tuple[Annotation, str]]:
-    """The run's annotations of one image as (record, label); a ClearCLIPError names one that cannot be read."""
-    records = []
-    for annotation in annotations:
-        try:
-            record = Annotation.from_dict(annotation)
-            records.append((record, classes_map[record.category_id]))
-        except (ValueError, KeyError) as error:
-            raise ClearCLIPError(f"{source}: annotation {annotation.get('id')!r} cannot be read ({error}); rerun "
-                                 "clearclip label into this run folder to rewrite it") from None
-    return records
-
-
 def run_detections(annotations: list[dict], classes_map: dict[int, str], source: Path):
     """The run's annotations of one image as FiftyOne Detections (``run_index`` = position in the image)."""
     import fiftyone as fo
 
     return fo.Detections(detections=[to_detection(record, label, index)
-                                     for index, (record, label) in enumerate(_records(annotations, classes_map, source))])
+                                     for index, (record, label) in enumerate(annotation_records(annotations, classes_map, source))])
 
 
 def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
@@ -94,7 +82,7 @@ def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:
     so that a bad entry stops the load with a message instead of leaving the dataset half-updated."""
     for image, annotations in iter_coco_images(path):
         checked_name(image.get("file_name"), path)
-        _records(annotations, classes_map, path)
+        annotation_records(annotations, classes_map, path)
 
 
 def _sample_values(filepath: str, image: dict, annotations: list[dict], classes_map: dict[int, str],
@@ -205,12 +193,13 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
     except ijson.JSONError as error:
         raise _not_json(path, run_dir, error) from error
     classes_map = {c["id"]: c["name"] for c in categories}
-    try:
-        _check_run_document(path, classes_map)
-    except ijson.JSONError as error:
-        raise _not_json(path, run_dir, error) from error
     name = name or default_dataset_name(run_dir)
-    if fo.dataset_exists(name):
+    created = not fo.dataset_exists(name)
+    if not created:  # a rerun must not half-update a dataset; a first load checks as it goes
+        try:
+            _check_run_document(path, classes_map)
+        except ijson.JSONError as error:
+            raise _not_json(path, run_dir, error) from error
         dataset = fo.load_dataset(name)
         if dataset.has_field(RUN_FIELD):
             save_decisions(dataset, run_dir)  # what reviewers did since the last load, before the load changes it
@@ -254,8 +243,12 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
                     counts["unchanged"] += len(image_ids) - len(changed)
                 if changed:
                     _apply_run_changes(dataset, changed, classes_map, folder, counts)
-    except ijson.JSONError as error:
-        raise _not_json(path, run_dir, error) from error
+    except (ijson.JSONError, ClearCLIPError) as error:
+        if created:
+            dataset.delete()  # a first load that meets a bad entry leaves no dataset behind
+        if isinstance(error, ijson.JSONError):
+            raise _not_json(path, run_dir, error) from error
+        raise
     older = dataset.exists(VIEWABLE_FIELD, False)  # samples of datasets made before the field existed
     if len(older):
         older.set_values(VIEWABLE_FIELD, [viewable_path(p) for p in older.values("filepath")])

@@ -68,3 +68,29 @@ def test_loaded_masks_are_the_runs_and_unedited_samples_read_as_unedited(synthet
             rle = {**annotation["segmentation"], "counts": annotation["segmentation"]["counts"].encode()}
             assert np.array_equal(detection.mask, mask_utils.decode(rle).astype(bool)[y : y + h, x : x + w])
             assert detection.id == sample[RUN_FIELD].detections[detection.run_index].id
+
+
+@pytest.mark.parametrize("bad", ["category", "file name"])
+def test_a_first_load_that_meets_a_bad_entry_stops_in_one_line_and_leaves_no_dataset(synthetic_run, tmp_path, bad,
+                                                                                     capsys):
+    import json
+    import shutil
+
+    from clearclip.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run[1], run)
+    document = json.loads((run / "annotations.json").read_text())
+    if bad == "category":  # in the first batch, which a worker process builds
+        document["annotations"][0]["category_id"] = 999
+        expected = ["annotations.json: annotation", "999"]
+    else:  # in the last batch, after the first is in the database
+        document["images"][-1]["file_name"] = "../outside.png"
+        expected = ["annotations.json", "../outside.png"]
+    (run / "annotations.json").write_text(json.dumps(document))
+    name = f"documents-bad-{bad.replace(' ', '-')}"
+
+    assert main(["review", str(run), "--no-launch", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert all(part in err for part in expected) and len(err.strip().splitlines()) == 1, err
+    assert not fo.dataset_exists(name)
