@@ -7,6 +7,10 @@ when the holder was a process of this machine that is gone) the next taker delet
 an exclusive taker refuses while one of those is live, and a shared taker refuses while the exclusive lease
 is: each writes its own lease before it looks for the other's, so of two at once at least one sees the other.
 Clocks: expiry times are the holders' wall clocks, so machines must agree within a few seconds (NTP).
+Each lease holds its holder's random token: a holder renews and deletes its lease only while the object still
+holds its token, so one that stalled past its lease and was replaced leaves the new holder's lease alone and
+says so (a read, then a write: a taker that creates its lease in the milliseconds between them is the one
+race left).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,21 +65,33 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _body(owner: str) -> bytes:
-    return json.dumps({"owner": owner, "host": HOST, "pid": os.getpid(),
+def _body(owner: str, token: str) -> bytes:
+    return json.dumps({"owner": owner, "token": token, "host": HOST, "pid": os.getpid(),
                        "expires": time.time() + LEASE_SECONDS}).encode()
 
 
+def _taken_from(storage: ObjectStorage, key: str, token: str) -> dict | None:
+    """The lease at ``key`` if another holder's token is in it (this holder's lease was replaced), else None."""
+    lease = _read(storage, key)
+    return lease if lease is not None and lease.get("token") != token else None
+
+
 @contextmanager
-def _renewed(storage: ObjectStorage, key: str, owner: str) -> Iterator[None]:
-    """Keep the lease at ``key`` renewed while the block runs; delete it after."""
+def _renewed(storage: ObjectStorage, key: str, owner: str, token: str) -> Iterator[None]:
+    """Keep the lease at ``key`` renewed while the block runs; delete it after. Both only while the object
+    holds ``token``: a replaced holder stops renewing and says so once."""
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(LEASE_SECONDS / 3):
             try:
-                storage.write_bytes(key, _body(owner))
-            except OSError:
+                if holder := _taken_from(storage, key, token):
+                    print(f"clearclip: {storage.url}: this run's lease {key} expired and was taken by "
+                          f"{one_line(holder.get('owner', 'another run'))}; stop one of the two runs",
+                          file=sys.stderr)
+                    return
+                storage.write_bytes(key, _body(owner, token))
+            except (OSError, EnvironmentFailure):
                 pass  # the next renewal tries again; the lease lasts LEASE_SECONDS
 
     thread = threading.Thread(target=renew, name=f"lease {key}", daemon=True)
@@ -84,13 +101,17 @@ def _renewed(storage: ObjectStorage, key: str, owner: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        storage.delete(key)
+        try:
+            if _taken_from(storage, key, token) is None:
+                storage.delete(key)
+        except (OSError, EnvironmentFailure):
+            pass  # unreachable store: the lease expires by itself within LEASE_SECONDS
 
 
-def _take(storage: ObjectStorage, key: str, owner: str, what: str) -> None:
+def _take(storage: ObjectStorage, key: str, owner: str, token: str, what: str) -> None:
     """Create the lease at ``key``, replacing an expired one; EnvironmentFailure naming the holder if live."""
     for _ in range(2):
-        if storage.create(key, _body(owner)):
+        if storage.create(key, _body(owner, token)):
             return
         holder = _live(storage, key)
         if holder is not None:
@@ -112,18 +133,19 @@ def _live_shared(storage: ObjectStorage, own: str | None = None) -> dict | None:
 @contextmanager
 def held(storage: ObjectStorage, exclusive: bool, owner: str) -> Iterator[None]:
     """Hold the run at ``storage`` exclusively (a whole ``clearclip label``) or shared (one shard run)."""
+    token = secrets.token_hex(8)
     if exclusive:
         key = f"{PREFIX}/exclusive.json"
-        _take(storage, key, owner, "in use")
-        with _renewed(storage, key, owner):
+        _take(storage, key, owner, token, "in use")
+        with _renewed(storage, key, owner, token):
             if holder := _live_shared(storage):
                 raise EnvironmentFailure(f"{storage.url} is in use by {one_line(holder.get('owner'))}; wait for it "
                                          "to finish, or label into another out")
             yield
         return
-    key = f"{PREFIX}/shared-{secrets.token_hex(8)}.json"
-    storage.write_bytes(key, _body(owner))
-    with _renewed(storage, key, owner):
+    key = f"{PREFIX}/shared-{token}.json"
+    storage.write_bytes(key, _body(owner, token))
+    with _renewed(storage, key, owner, token):
         if holder := _live(storage, f"{PREFIX}/exclusive.json"):
             raise EnvironmentFailure(f"{storage.url} is in use by {one_line(holder.get('owner'))}; wait for it to "
                                      "finish, or label into another out")
@@ -133,7 +155,7 @@ def held(storage: ObjectStorage, exclusive: bool, owner: str) -> Iterator[None]:
 @contextmanager
 def orchestrating(storage: ObjectStorage, owner: str) -> Iterator[None]:
     """Hold the run for one orchestrating ``label-dataset`` run; a second is refused, naming the first."""
-    key = f"{PREFIX}/orchestrator.json"
-    _take(storage, key, owner, "being labeled")
-    with _renewed(storage, key, owner):
+    key, token = f"{PREFIX}/orchestrator.json", secrets.token_hex(8)
+    _take(storage, key, owner, token, "being labeled")
+    with _renewed(storage, key, owner, token):
         yield

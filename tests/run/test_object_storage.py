@@ -171,6 +171,27 @@ def test_a_dead_holders_lease_expires(object_store, bucket, monkeypatch):
                 pass
 
 
+def test_a_holder_whose_lease_was_taken_leaves_the_new_holders_lease_alone(object_store, bucket, monkeypatch,
+                                                                           capsys):
+    """A holder that stalled past its lease, which another run then took, neither renews over the new holder's
+    lease nor deletes it when it ends, and says so."""
+    folder = RunFolder(f"{bucket}/run", object_store.options)
+    monkeypatch.setattr(lease, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    with folder.orchestrated("stalled parent"):
+        held = json.loads(folder.store.read_bytes("leases/orchestrator.json"))
+        assert held["owner"] == "stalled parent" and held["token"]
+        taker = {**held, "owner": "second parent", "token": "another", "expires": time.time() + 3600}
+        folder.store.write_bytes("leases/orchestrator.json", json.dumps(taker).encode())  # as a taker after expiry
+        time.sleep(1.0)  # several renewals
+        assert json.loads(folder.store.read_bytes("leases/orchestrator.json")) == taker
+    assert json.loads(folder.store.read_bytes("leases/orchestrator.json")) == taker  # not deleted either
+    err = capsys.readouterr().err
+    assert err.count("was taken by second parent") == 1 and "lease leases/orchestrator.json" in err, err
+    with pytest.raises(EnvironmentFailure, match="being labeled by second parent"):
+        with folder.orchestrated("third parent"):
+            pass
+
+
 def test_classes_and_thresholds_read_from_a_bucket(data, tmp_path, tiny_model_name, object_store, bucket):
     fs = object_store.filesystem()
     fs.pipe_file(f"{bucket}/classes.txt".removeprefix("s3://"), "\n".join(CLASSES).encode())
