@@ -201,6 +201,11 @@ def _os_errors() -> Iterator[None]:
         raise OSError(one_line(error)) from error
 
 
+def _unreadable(location: str | Path, error: OSError) -> EnvironmentFailure:
+    """The failure of a read that the machine or the store, not the input, stopped."""
+    return EnvironmentFailure(f"cannot read {location}: {error}")
+
+
 def _botocore_credentials() -> dict:
     """Credentials from botocore's chain (profiles, SSO, instance roles), for obstore; refreshed every 5 minutes."""
     import botocore.session
@@ -243,7 +248,7 @@ class LocalStorage:
             except FileNotFoundError:
                 out[key] = None
             except OSError as error:
-                raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
+                raise _unreadable(self.location(key), error) from error
         return out
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -338,7 +343,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise
         except OSError as error:
-            raise EnvironmentFailure(f"cannot read {self.location(key)}: {error}") from error
+            raise _unreadable(self.location(key), error) from error
 
     def read_line(self, key: str, limit: int) -> bytes:
         data = self.read_head(key, limit)

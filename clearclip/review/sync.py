@@ -73,8 +73,8 @@ def run_detections(annotations: list[dict], classes_map: dict[int, str], source:
     """The run's annotations of one image as FiftyOne Detections (``run_index`` = position in the image)."""
     import fiftyone as fo
 
-    return fo.Detections(detections=[to_detection(record, label, index)
-                                     for index, (record, label) in enumerate(annotation_records(annotations, classes_map, source))])
+    records = annotation_records(annotations, classes_map, source)
+    return fo.Detections(detections=[to_detection(record, label, index) for index, (record, label) in enumerate(records)])
 
 
 def _check_run_document(path: Path, classes_map: dict[int, str]) -> None:

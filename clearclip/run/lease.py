@@ -1,16 +1,16 @@
 """Holding a run folder on object storage, where there is no ``fcntl``: lease objects.
 
-A lease is a small object ``leases/<kind>.json`` (``{"owner", "host", "pid", "expires"}``) created with a conditional write
-(``If-None-Match: *``), so of two takers exactly one creates it. Its holder renews it every third of
-``LEASE_SECONDS`` from a thread; a holder that dies stops renewing, and once the lease has expired (at once,
-when the holder was a process of this machine that is gone) the next taker deletes it and takes its own. Shared holders (shard runs) each create ``leases/shared-<token>.json``;
-an exclusive taker refuses while one of those is live, and a shared taker refuses while the exclusive lease
-is: each writes its own lease before it looks for the other's, so of two at once at least one sees the other.
+A lease is a small object ``leases/<kind>.json`` (``{"owner", "token", "host", "pid", "expires"}``) created
+with a conditional write (``If-None-Match: *``), so of two takers exactly one creates it. Its holder renews it
+every third of ``LEASE_SECONDS`` from a thread; a holder that dies stops renewing, and once the lease has
+expired (at once, when the holder was a process of this machine that is gone) the next taker deletes it and
+takes its own. Shared holders (shard runs) each create ``leases/shared-<token>.json``; an exclusive taker
+refuses while one of those is live, and a shared taker refuses while the exclusive lease is: each writes its
+own lease before it looks for the other's, so of two at once at least one sees the other.
 Clocks: expiry times are the holders' wall clocks, so machines must agree within a few seconds (NTP).
-Each lease holds its holder's random token: a holder renews and deletes its lease only while the object still
-holds its token, so one that stalled past its lease and was replaced leaves the new holder's lease alone and
-says so (a read, then a write: a taker that creates its lease in the milliseconds between them is the one
-race left).
+The token is random per holder: a holder renews and deletes its lease only while the object still holds its
+token, so one that stalled past its lease and was replaced leaves the new holder's lease alone and says so
+(a read, then a write: a taker that creates its lease in the milliseconds between them is the one race left).
 """
 
 from __future__ import annotations
