@@ -92,6 +92,21 @@ class Page:
         result = await self.call("Runtime.evaluate", expression=script, returnByValue=True)
         return bool(result["result"].get("value"))
 
+    async def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page."""
+        return (await self.call("Runtime.evaluate", expression=expression, returnByValue=True))["result"].get("value")
+
+    async def mouse_click(self, element: str) -> bool:
+        """A real mouse click (press and release) at the middle of the element a JavaScript expression returns:
+        widgets that listen to pointer events ignore ``element.click()``. False if there is no such element."""
+        middle = await self.evaluate(f"(() => {{ const e = {element}; if (!e) return null; "
+                                     "const b = e.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+        if not middle:
+            return False
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=middle[0], y=middle[1], button="left", clickCount=1)
+        return True
+
     async def screenshot(self, path: Path) -> None:
         data = (await self.call("Page.captureScreenshot", format="png"))["data"]
         Path(path).write_bytes(base64.b64decode(data))

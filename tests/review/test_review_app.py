@@ -1,6 +1,6 @@
 """The FiftyOne App served by `clearclip review`, seen through headless Chromium: the grid with labels coloured
-by class, a sample, and clearclip's operators in the App's operator list. With CLEARCLIP_UPDATE_SCREENSHOTS=1
-the screenshots replace those in docs/."""
+by class, a sample, clearclip's operators in the App's operator list, and a relabel made by clicks in the
+Annotate panel. With CLEARCLIP_UPDATE_SCREENSHOTS=1 the screenshots replace those in docs/."""
 
 import asyncio
 import json
@@ -16,6 +16,7 @@ import pytest
 
 from browser import CHROMIUM, Browser
 from clearclip.cli import main
+from clearclip.review.fields import PRED_FIELD
 from processes import free_port, kill_tree
 
 pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
@@ -86,6 +87,60 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
             shutil.copy(tmp_path / shot, ROOT / "docs" / shot)
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_a_relabel_clicked_in_the_annotate_panel_is_saved_and_survives_review_again(tmp_path, tiny_model_name):
+    """The Annotate panel loads on a reviewed dataset (its label list, not "Loading"); a detection clicked there
+    and given another class in its label box is saved to the dataset, and `review` run again keeps it."""
+    import fiftyone as fo
+
+    run = tmp_path / "run"
+    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
+                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    port, name = free_port(), "app-annotate-run"
+    app = start_review(run, name, port, tmp_path / "review.log", dict(os.environ))
+    try:
+        dataset = fo.load_dataset(name)
+        sample = dataset.sort_by("mean_confidence").first()
+        before = {d.id: d.label for d in sample[PRED_FIELD].detections}
+        clicked = sample[PRED_FIELD].detections[0].label
+        new_label = next(c for c in dataset.label_schemas[PRED_FIELD]["classes"] if c not in before.values())
+
+        async def edit(page):
+            await page.open(f"http://127.0.0.1:{port}/datasets/{name}?id={sample.id}", 15)
+            await page.click_text("Dismiss")  # FiftyOne's own promotion, not part of the run
+            assert await page.click_text("Annotate")
+            await asyncio.sleep(4)
+            panel = await page.text()
+            assert await page.click_text(clicked)  # the detection, in the panel's label list
+            await asyncio.sleep(3)
+            assert await page.mouse_click("document.querySelector('[data-cy=root_label_container] input[role=combobox]')")
+            await asyncio.sleep(1.5)
+            options = await page.evaluate("[...document.querySelectorAll('[role=option]')].map(e => e.innerText.trim())")
+            assert await page.mouse_click("[...document.querySelectorAll('[role=option]')]"
+                                          f".find(e => e.innerText.trim() === {json.dumps(new_label)})")
+            for _ in range(30):  # the panel saves on its own, shortly after the change
+                await asyncio.sleep(1)
+                dataset.reload()
+                if [d.label for d in dataset[sample.id][PRED_FIELD].detections] != list(before.values()):
+                    break
+            await page.screenshot(tmp_path / "review-annotate-edit.png")
+            return panel, options
+
+        with Browser() as browser:
+            panel, options = browser.run(edit)
+    finally:
+        kill_tree(app, sig_kill=False)
+    assert f"LABELS\n{len(before)}" in panel and "Loading" not in panel, panel
+    assert options == dataset.label_schemas[PRED_FIELD]["classes"]
+    changed = {d.id: d.label for d in fo.load_dataset(name)[sample.id][PRED_FIELD].detections}
+    assert sum(changed[i] != before[i] for i in before) == 1 and new_label in changed.values(), changed
+
+    assert main(["review", str(run), "--name", name, "--no-launch"]) == 0
+    assert {d.id: d.label for d in fo.load_dataset(name)[sample.id][PRED_FIELD].detections} == changed
+    if os.environ.get("CLEARCLIP_UPDATE_SCREENSHOTS"):
+        shutil.copy(tmp_path / "review-annotate-edit.png", ROOT / "docs" / "review-annotate.png")
+
+
 def _patch(url: str, body, if_match: str) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PATCH",
                                      headers={"Content-Type": "application/json-patch+json", "If-Match": if_match})
@@ -97,8 +152,6 @@ def test_edits_saved_through_the_app_survive_review_again(tmp_path, tiny_model_n
     """A relabel and a delete sent to the App's server as its Annotate panel sends them (JSON patches of one
     detection of pseudo_labels) are in the dataset, and stay there when `review` runs again."""
     import fiftyone as fo
-
-    from clearclip.review.fields import PRED_FIELD
 
     run = tmp_path / "run"
     assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
