@@ -1,6 +1,7 @@
 """The FiftyOne App served by `clearclip review`, seen through headless Chromium: the grid with labels coloured
-by class, a sample, clearclip's operators in the App's operator list, and a relabel made by clicks in the
-Annotate panel. With CLEARCLIP_UPDATE_SCREENSHOTS=1 the screenshots replace those in docs/."""
+by class, a sample and a detection's tooltip (its label and confidence), clearclip's operators in the App's
+operator list, and a relabel made by clicks in the Annotate panel. With CLEARCLIP_UPDATE_SCREENSHOTS=1 the
+screenshots replace those in docs/."""
 
 import asyncio
 import json
@@ -65,6 +66,16 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
             await page.screenshot(tmp_path / "review-app.png")
             await page.open(f"{url}?id={sample_id}", 15)
             await page.screenshot(tmp_path / "review-sample.png")
+            tooltip = ""
+            for x, y in [(x, y) for y in (300, 200, 450, 600) for x in (530, 300, 750, 150, 900)]:  # over the image
+                await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+                await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + 3, y=y + 2)
+                await asyncio.sleep(1.5)
+                text = await page.text()
+                if "Lock tooltip" in text:  # a detection's tooltip
+                    tooltip = text[text.index("Lock tooltip"):]
+                    await page.screenshot(tmp_path / "review-hover.png")
+                    break
             await page.open(url, 12)
             await page.click_text("Dismiss")
             await page.press("`", "Backquote")  # the App's operator browser
@@ -72,16 +83,19 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
             await page.type("clearclip")
             await asyncio.sleep(2)
             await page.screenshot(tmp_path / "review-operators.png")
-            return grid_text, await page.text()
+            return grid_text, tooltip, await page.text()
 
         with Browser() as browser:
-            grid, operators = browser.run(look)
+            grid, tooltip, operators = browser.run(look)
     finally:
         kill_tree(app, sig_kill=False)
     assert "pseudo_labels" in grid and "pseudo_segmentation" in grid and "4 samples" in grid
+    lines = tooltip.splitlines()  # value, then its name: a detection's label and confidence, not the label map's
+    assert "label" in lines and "confidence" in lines and "run_index" in lines, tooltip
+    assert 0 < float(lines[lines.index("confidence") - 1]) <= 1
     assert "Label with ClearCLIP" in operators and "Export the current view to COCO (clearclip)" in operators
     assert "App config option has been removed" not in log.read_text()
-    for shot in ("review-app.png", "review-sample.png", "review-operators.png"):
+    for shot in ("review-app.png", "review-sample.png", "review-hover.png", "review-operators.png"):
         assert (tmp_path / shot).stat().st_size > 20_000
         if os.environ.get("CLEARCLIP_UPDATE_SCREENSHOTS"):
             shutil.copy(tmp_path / shot, ROOT / "docs" / shot)
