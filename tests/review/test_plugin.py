@@ -2,9 +2,11 @@
 samples, delegated (queued, then run as `fiftyone delegated launch` runs them) for many."""
 
 import json
+from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
+from fiftyone import ViewField as F
 import numpy as np
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
@@ -50,13 +52,19 @@ def test_label_the_selected_samples_immediately(tmp_path, tiny_model_name):
         assert np.array_equal(sample.op_segmentation.mask, labels["segmentation"].mask)
 
 
-def test_many_samples_are_labeled_as_a_delegated_operation(tmp_path, tiny_model_name):
+def test_many_samples_are_labeled_as_a_delegated_operation_and_a_missing_image_fails_only_its_sample(
+        tmp_path, tiny_model_name):
     dataset = dataset_of(tmp_path / "data", 24, "plugin-delegated")
     result = foo.execute_operator(LABEL, ctx={"view": dataset.view(), "params": params(tiny_model_name)})
     assert result.delegated and not dataset.has_sample_field("op_segmentation")  # queued, not run
-    DelegatedOperationService().execute_queued_operations(dataset_name=dataset.name)
+    missing = dataset.first().filepath
+    Path(missing).unlink()  # gone by the time the queued operation runs
+    service = DelegatedOperationService()
+    service.execute_queued_operations(dataset_name=dataset.name)
     dataset.reload()
-    assert dataset.count("op_segmentation") == 24
+    assert dataset.count("op_segmentation") == 23 and dataset.one(F("filepath") == missing).op_segmentation is None
+    [operation] = service.list_operations(dataset_name=dataset.name)
+    assert operation.run_state == "completed", operation.run_state
 
 
 def test_export_the_current_view_to_coco(tmp_path, tiny_model_name, monkeypatch):
