@@ -53,7 +53,7 @@ def app_config(dataset, categories: list[dict]) -> None:
         {"path": SEGMENTATION_FIELD, "maskTargetsColors": [{"intTarget": c["id"], "color": colors[c["name"]]}
                                                            for c in categories]},
     ])
-    dataset.app_config.active_fields = fo.ActiveFields(paths=[PRED_FIELD])
+    dataset.app_config.active_fields = fo.ActiveFields(paths=["tags", PRED_FIELD])  # tags on the tiles too
     dataset.app_config.media_fields = ["filepath", VIEWABLE_FIELD]  # TIFF and 16-bit images: a viewable copy
     dataset.app_config.grid_media_field = dataset.app_config.modal_media_field = VIEWABLE_FIELD
     dataset.app_config.sidebar_groups = [

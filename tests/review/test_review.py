@@ -523,7 +523,8 @@ def test_the_app_opens_on_the_detections_with_colours_from_class_names(run_dir, 
     assert colors == class_colors(names)
     assert class_colors(["person", *names])[names[0]] == colors[names[0]]  # not by place in the class list
     assert len(set(colors.values())) == len(colors)
-    assert dataset.app_config.active_fields.paths == [PRED_FIELD]  # the label map covers every pixel: off
+    assert dataset.app_config.active_fields.paths == ["tags", PRED_FIELD]  # tags on the tiles; the label map
+    # (it covers every pixel) off
     groups = {g.name: g for g in dataset.app_config.sidebar_groups}
     assert not groups["clearclip internals"].expanded and RUN_HASH_FIELD in groups["clearclip internals"].paths
     assert PRED_FIELD in groups["review"].paths

@@ -55,7 +55,9 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
     try:
         import fiftyone as fo
 
-        sample_id = fo.load_dataset(name).sort_by("mean_confidence").first().id
+        dataset = fo.load_dataset(name)
+        sample_id = dataset.sort_by("mean_confidence").first().id
+        dataset.select(sample_id).tag_samples("needs-fix")  # a reviewer's tag, shown on its tile
 
         async def look(page):
             url = f"http://127.0.0.1:{port}/datasets/{name}"
