@@ -84,13 +84,24 @@ def check_port_free(port: int, address: str) -> None:
                                      "there or give another --port") from None
 
 
+def review_spaces():
+    """The App's layout: the samples grid, and below it a strip with the Review progress panel (the plugin's)."""
+    import fiftyone as fo
+
+    samples, progress = fo.Panel(type="Samples", pinned=True), fo.Panel(type="review_progress")
+    return fo.Space(orientation="vertical", sizes=[0.85, 0.15], children=[
+        fo.Space(children=[samples], active_child=samples.component_id),
+        fo.Space(children=[progress], active_child=progress.component_id),
+    ])
+
+
 def launch(dataset, port: int = 5151, address: str = "127.0.0.1") -> None:
     """Open the FiftyOne App on the to-review view (least confident first) and serve until interrupted."""
     import fiftyone as fo
 
     check_port_free(port, address)
     logging.getLogger("fiftyone.core.config").addFilter(_RemovedOptionNoise())
-    session = fo.launch_app(dataset, view=dataset.load_saved_view(TO_REVIEW_VIEW), port=port, address=address,
-                            auto=False)
+    session = fo.launch_app(dataset, view=dataset.load_saved_view(TO_REVIEW_VIEW), spaces=review_spaces(),
+                            port=port, address=address, auto=False)
     print(f"FiftyOne App: http://{address}:{port}/datasets/{dataset.name}  (Ctrl-C stops it)", flush=True)
     session.wait(-1)

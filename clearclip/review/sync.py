@@ -262,9 +262,8 @@ def load_run(run_dir: str | Path, name: str | None = None, gt: str | Path | None
         dataset.select(list(existing.values())).tag_samples(NOT_IN_RUN_TAG)
         counts["not in the run (tagged not-in-run)"] += len(existing)
 
-    reviewed = len(dataset.match_tags(REVIEWED_TAG))
     lines = [f"FiftyOne dataset '{dataset.name}': {len(dataset)} samples, "
-             f"{dataset.count(PRED_FIELD + '.detections')} pseudo-labels, {reviewed} of {len(dataset)} reviewed; "
+             f"{dataset.count(PRED_FIELD + '.detections')} pseudo-labels, {review_progress(dataset)}; "
              + ", ".join(f"{value} {key}" for key, value in counts.items() if value)]
     if gt is not None:
         lines.append(load_ground_truth(dataset, Path(gt)))
@@ -299,6 +298,15 @@ def keep_decisions(dataset, run_dir: str | Path, local: str | Path, options: dic
         where = f"{str(run_dir).rstrip('/')}/review.json"
         upload_tree(Path(RunFolder(local).decisions_path), where, options)
     return f"saved the review's decisions ({images} images) to {where}"
+
+
+def review_progress(dataset) -> str:
+    """"x of N reviewed": samples tagged reviewed, rejected, and those left (neither), as the App's Review
+    progress panel and ``review``'s summary say it."""
+    tags = dataset.count_sample_tags()
+    left = len(dataset.match_tags([REVIEWED_TAG, REJECTED_TAG], bool=False))
+    return (f"{tags.get(REVIEWED_TAG, 0)} of {len(dataset)} reviewed, {tags.get(REJECTED_TAG, 0)} rejected, "
+            f"{left} to review")
 
 
 def save_review_views(dataset) -> None:

@@ -35,7 +35,7 @@ def params(tiny_model_name):
 
 def test_operators_are_registered():
     uris = {operator.uri for operator in foo.list_operators()}
-    assert {LABEL, EXPORT} <= uris
+    assert {LABEL, EXPORT, "@clearclip/clearclip/review_progress"} <= uris
 
 
 def test_label_the_selected_samples_immediately(tmp_path, tiny_model_name):

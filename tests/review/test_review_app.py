@@ -1,7 +1,7 @@
 """The FiftyOne App served by `clearclip review`, seen through headless Chromium: the grid with labels coloured
-by class, a sample and a detection's tooltip (its label and confidence), clearclip's operators in the App's
-operator list, and a relabel made by clicks in the Annotate panel. With CLEARCLIP_UPDATE_SCREENSHOTS=1 the
-screenshots replace those in docs/."""
+by class, the Review progress panel's count, a sample and a detection's tooltip (its label and confidence),
+clearclip's operators in the App's operator list, and a relabel made by clicks in the Annotate panel. With
+CLEARCLIP_UPDATE_SCREENSHOTS=1 the screenshots replace those in docs/."""
 
 import asyncio
 import json
@@ -56,8 +56,10 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
         import fiftyone as fo
 
         dataset = fo.load_dataset(name)
-        sample_id = dataset.sort_by("mean_confidence").first().id
+        by_confidence = dataset.sort_by("mean_confidence")
+        sample_id, done, later = by_confidence.values("id")[:3]
         dataset.select(sample_id).tag_samples("needs-fix")  # a reviewer's tag, shown on its tile
+        dataset.select(done).tag_samples("reviewed")  # out of the to-review view, counted in the progress panel
 
         async def look(page):
             url = f"http://127.0.0.1:{port}/datasets/{name}"
@@ -66,6 +68,10 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
             await asyncio.sleep(2)
             grid_text = await page.text()
             await page.screenshot(tmp_path / "review-app.png")
+            dataset.select(later).tag_samples("reviewed")  # as a reviewer tags in the App
+            assert await page.click_text("Refresh")  # the progress panel counts again
+            await asyncio.sleep(2)
+            refreshed = await page.text()
             await page.open(f"{url}?id={sample_id}", 15)
             await page.screenshot(tmp_path / "review-sample.png")
             tooltip = ""
@@ -85,13 +91,15 @@ def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
             await page.type("clearclip")
             await asyncio.sleep(2)
             await page.screenshot(tmp_path / "review-operators.png")
-            return grid_text, tooltip, await page.text()
+            return grid_text, refreshed, tooltip, await page.text()
 
         with Browser() as browser:
-            grid, tooltip, operators = browser.run(look)
+            grid, refreshed, tooltip, operators = browser.run(look)
     finally:
         kill_tree(app, sig_kill=False)
-    assert "pseudo_labels" in grid and "pseudo_segmentation" in grid and "4 samples" in grid
+    assert "pseudo_labels" in grid and "pseudo_segmentation" in grid and "3 samples" in grid  # to-review
+    assert "Review progress" in grid and "1 of 4 reviewed, 0 rejected, 3 to review" in grid
+    assert "2 of 4 reviewed, 0 rejected, 2 to review" in refreshed
     lines = tooltip.splitlines()  # value, then its name: a detection's label and confidence, not the label map's
     assert "label" in lines and "confidence" in lines and "run_index" in lines, tooltip
     assert 0 < float(lines[lines.index("confidence") - 1]) <= 1

@@ -1,4 +1,5 @@
-"""FiftyOne plugin: label the current view or selection with ClearCLIP, and export the current view to COCO.
+"""FiftyOne plugin: label the current view or selection with ClearCLIP, export the current view to COCO, and a
+Review progress panel ("x of N reviewed").
 
 Install for any App: put this folder in FiftyOne's plugins directory (``fiftyone config plugins_dir``), or
 point ``FIFTYONE_PLUGINS_DIR`` at the folder holding it; ``clearclip review`` does the latter by itself.
@@ -96,6 +97,31 @@ class ExportCOCO(foo.Operator):
         return types.Property(outputs)
 
 
+class ReviewProgress(foo.Panel):
+    """How far the review of the dataset is: samples tagged reviewed and rejected, and those left."""
+
+    @property
+    def config(self):
+        return foo.PanelConfig(name="review_progress", label="Review progress", surfaces="grid",
+                               help_markdown="Tag a sample `reviewed` when its labels are right, `rejected` to "
+                                             "leave it out of exports; the saved view `to-review` shows the rest.")
+
+    def on_load(self, ctx):
+        from clearclip.review.sync import review_progress
+
+        ctx.panel.state.progress = review_progress(ctx.dataset)
+
+    def on_change_view(self, ctx):
+        self.on_load(ctx)
+
+    def render(self, ctx):
+        panel = types.Object()
+        panel.md(f"**{ctx.panel.state.progress or ''}**", name="progress")
+        panel.btn("refresh", label="Refresh", on_click=self.on_load)
+        return types.Property(panel, view=types.GridView(orientation="horizontal", align_y="center", gap=2))
+
+
 def register(plugin):
     plugin.register(LabelWithClearCLIP)
     plugin.register(ExportCOCO)
+    plugin.register(ReviewProgress)
