@@ -25,6 +25,13 @@ pytestmark = pytest.mark.slow  # end to end: real servers, workers or processes
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def label_sample_photos(run: Path, model: str) -> Path:
+    """``run``: the bundled photos labeled with the bundled classes by ``model``."""
+    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", model,
+                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    return run
+
+
 def start_review(run: Path, name: str, port: int, log: Path, env: dict) -> subprocess.Popen:
     """`clearclip review` serving the App on ``port``, once it answers."""
     app = subprocess.Popen([sys.executable, "-m", "clearclip", "review", str(run), "--name", name, "--port", str(port)],
@@ -45,9 +52,7 @@ def start_review(run: Path, name: str, port: int, log: Path, env: dict) -> subpr
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_app_shows_the_run_and_the_operators(tmp_path, tiny_model_name):
-    run = tmp_path / "run"
-    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
-                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    run = label_sample_photos(tmp_path / "run", tiny_model_name)
     port, name = free_port(), "app-check-run"
     log = tmp_path / "review.log"
     env = {k: v for k, v in os.environ.items() if k not in ("FIFTYONE_DO_NOT_TRACK", "FIFTYONE_PLUGINS_DIR")}
@@ -117,9 +122,7 @@ def test_a_relabel_clicked_in_the_annotate_panel_is_saved_and_survives_review_ag
     and given another class in its label box is saved to the dataset, and `review` run again keeps it."""
     import fiftyone as fo
 
-    run = tmp_path / "run"
-    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
-                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    run = label_sample_photos(tmp_path / "run", tiny_model_name)
     port, name = free_port(), "app-annotate-run"
     app = start_review(run, name, port, tmp_path / "review.log", dict(os.environ))
     try:
@@ -177,9 +180,7 @@ def test_edits_saved_through_the_app_survive_review_again(tmp_path, tiny_model_n
     detection of pseudo_labels) are in the dataset, and stay there when `review` runs again."""
     import fiftyone as fo
 
-    run = tmp_path / "run"
-    assert main(["label", str(ROOT / "workspace" / "samples"), "--out", str(run), "--model", tiny_model_name,
-                 "--device", "cpu", "--quiet", "--classes-file", str(ROOT / "workspace" / "classes.txt")]) == 0
+    run = label_sample_photos(tmp_path / "run", tiny_model_name)
     port, name = free_port(), "app-edit-run"
     app = start_review(run, name, port, tmp_path / "review.log", dict(os.environ))
     try:
