@@ -14,6 +14,7 @@ import os
 import signal
 from multiprocessing import spawn
 from multiprocessing.context import SpawnContext, SpawnProcess
+from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
 HELPER_NAME = "clearclip-helper"
@@ -33,7 +34,7 @@ class _HelperProcess(SpawnProcess):
         _keep_freed_memory()
         super().run()
 
-    def _bootstrap(self, parent_sentinel=None) -> int:
+    def _bootstrap(self, parent_sentinel=None) -> NoReturn:
         """Exit straight after multiprocessing's own clean-up (threads joined, finalizers run, output flushed),
         as a forked process does: the interpreter's teardown of torch would take another 0.3 s, and a
         DataLoader's shutdown waits for it before the last batch of a remote dataset reaches the model."""
