@@ -366,14 +366,19 @@ class RunFolder:
 
     def pending(self, images: Sequence[ImageFile]) -> list[ImageFile]:
         """The ``images`` that are not done (in order). Locally ``state`` per image; on object storage two
-        listings: done when the record is no older than the image and the label map exists."""
+        listings: done when the record is newer than the image and the label map exists. Listings give times
+        to the second, so a record of the image's own second is read (its header names the version)."""
         if not self.remote:
             return [image for image in images if self.state(image) != DONE]
         records, labels = self.store.list("records"), self.store.list("labels")
         todo = []
         for image in images:
             record = records.get(f"records/{image.name}.json")
-            if record is None or record.mtime_ns < image.mtime_ns or f"labels/{label_map_name(image.name)}" not in labels:
+            if record is None or f"labels/{label_map_name(image.name)}" not in labels:
+                todo.append(image)
+                continue
+            record_second, image_second = record.mtime_ns // 10**9, image.mtime_ns // 10**9
+            if record_second < image_second or (record_second == image_second and self.state(image, labels=labels) != DONE):
                 todo.append(image)
         return todo
 

@@ -34,8 +34,9 @@ def merge_run(
     """Write ``annotations.json`` (the done ``images``, in this order, ids from 1) and ``run.json``.
 
     ``problems`` (files the listing could not take) are reported with the failures. With
-    ``exclusive`` (the caller holds the folder exclusively), records of images no longer listed and
-    temp files of killed writers are removed. Returns the summary that ``run.json`` holds.
+    ``exclusive`` (the caller holds the folder exclusively), records of images no longer listed, records of
+    another version of an image than the listed one (so the next pass labels it) and temp files of killed
+    writers are removed. Returns the summary that ``run.json`` holds.
     """
     info = {**info, "precision": folder.claimed_precision()}
     run_categories = categories(vocabulary)
@@ -63,6 +64,8 @@ def merge_run(
                 elif state == FAILED:
                     failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})
                 else:
+                    if exclusive and header is not None:  # a record of another version: the next pass relabels
+                        folder.forget_record(image.name)
                     missing.append(image.name)
     removed = 0
     if exclusive:

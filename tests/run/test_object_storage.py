@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from clearclip.cli import main
 from clearclip.errors import ClearCLIPError, EnvironmentFailure
 from clearclip.run import lease
 from clearclip.run.folder import RunFolder
+from clearclip.run.plan import list_dataset
 from folders import smooth_image, write_plain_folder
 from object_store import SECRET
 
@@ -94,6 +96,44 @@ def test_growth_replacement_and_deletion_on_s3_relabel_exactly_those(data, tmp_p
     assert run["last_invocation"]["labeled"] == 2 and run["removed_records_of_deleted_images"] == 1
     assert read(object_store, f"{out}/annotations.json") == (reference / "annotations.json").read_bytes()
     assert not fs.exists(f"{out}/records/{names[2]}.json".removeprefix("s3://"))
+
+
+def test_a_record_of_another_version_on_s3_is_relabeled_not_reported_missing_on_every_run(
+        data, tmp_path, tiny_model_name, object_store, bucket):
+    """A record newer than its image (by the listings' whole seconds) but written for another version of it, as
+    when the image is replaced after the listing: the merge forgets it and the run's second pass labels it."""
+    images, out = f"{bucket}/images", f"{bucket}/run"
+    names = object_store.upload(data, images)
+    assert main(label_args(images, out, tiny_model_name, object_store)) == 0
+    first = read(object_store, f"{out}/annotations.json")
+    time.sleep(1.1)  # the rewritten record is a second newer than the image
+    key = f"{out}/records/{names[1]}.json".removeprefix("s3://")
+    fs = object_store.filesystem()
+    header, _, rest = fs.cat_file(key).partition(b"\n")
+    fs.pipe_file(key, json.dumps({**json.loads(header), "etag": "0" * 32}).encode() + b"\n" + rest)
+
+    assert main(label_args(images, out, tiny_model_name, object_store)) == 0
+    run = summary(object_store, out)
+    assert run["last_invocation"]["labeled"] == 1 and not run["missing"]
+    assert read(object_store, f"{out}/annotations.json") == first
+    assert main(label_args(images, out, tiny_model_name, object_store)) == 0
+    assert summary(object_store, out)["last_invocation"]["labeled"] == 0
+
+
+def test_a_record_of_the_images_own_second_on_s3_is_judged_by_its_version(data, tiny_model_name, object_store,
+                                                                          bucket):
+    """Listings give whole seconds: an image replaced in the second its record was written reads as no newer
+    than the record, so the record's header decides."""
+    images, out = f"{bucket}/images", f"{bucket}/run"
+    object_store.upload(data, images)
+    assert main(label_args(images, out, tiny_model_name, object_store)) == 0
+    folder = RunFolder(out, object_store.options)
+    records = folder.store.list("records")
+    listed = list_dataset(images, folder, object_store.options).images
+    same_second = [replace(image, mtime_ns=records[f"records/{image.name}.json"].mtime_ns) for image in listed]
+    assert folder.pending(same_second) == []
+    replaced = [replace(same_second[2], etag="0" * 32), *same_second[3:]]
+    assert folder.pending(replaced) == [replaced[0]]
 
 
 def test_a_failed_image_on_s3_is_retried_and_never_taken_for_done(data, tmp_path, tiny_model_name, object_store,
