@@ -367,20 +367,26 @@ class RunFolder:
     def pending(self, images: Sequence[ImageFile]) -> list[ImageFile]:
         """The ``images`` that are not done (in order). Locally ``state`` per image; on object storage two
         listings: done when the record is newer than the image and the label map exists. Listings give times
-        to the second, so a record of the image's own second is read (its header names the version)."""
+        to the second, so records of their image's own second are read (``read_many``: their headers name the
+        version)."""
         if not self.remote:
             return [image for image in images if self.state(image) != DONE]
         records, labels = self.store.list("records"), self.store.list("labels")
-        todo = []
+        todo, same_second = set(), []
         for image in images:
             record = records.get(f"records/{image.name}.json")
-            if record is None or f"labels/{label_map_name(image.name)}" not in labels:
-                todo.append(image)
-                continue
-            record_second, image_second = record.mtime_ns // 10**9, image.mtime_ns // 10**9
-            if record_second < image_second or (record_second == image_second and self.state(image, labels=labels) != DONE):
-                todo.append(image)
-        return todo
+            if record is None or f"labels/{label_map_name(image.name)}" not in labels \
+                    or record.mtime_ns // 10**9 < image.mtime_ns // 10**9:
+                todo.add(image.name)
+            elif record.mtime_ns // 10**9 == image.mtime_ns // 10**9:
+                same_second.append(image)
+        found = self.store.read_many(f"records/{image.name}.json" for image in same_second)
+        for image in same_second:
+            data = found[f"records/{image.name}.json"]
+            header = self.parse_record(image.name, data)[0] if data is not None else None
+            if header is None or self.state(image, header, labels) != DONE:
+                todo.add(image.name)
+        return [image for image in images if image.name in todo]
 
     def listed_labels(self) -> dict | None:
         """The listing of ``labels/`` on object storage (for ``state``); None locally."""

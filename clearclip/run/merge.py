@@ -35,8 +35,8 @@ def merge_run(
 
     ``problems`` (files the listing could not take) are reported with the failures. With
     ``exclusive`` (the caller holds the folder exclusively), records of images no longer listed, records of
-    another version of an image than the listed one (so the next pass labels it) and temp files of killed
-    writers are removed. Returns the summary that ``run.json`` holds.
+    another version of an image than the listed one or without their label map (the next pass labels the
+    image) and temp files of killed writers are removed. Returns the summary that ``run.json`` holds.
     """
     info = {**info, "precision": folder.claimed_precision()}
     run_categories = categories(vocabulary)
@@ -64,7 +64,7 @@ def merge_run(
                 elif state == FAILED:
                     failures.append({"file": image.name, "error": header["error"], "attempts": header["attempts"]})
                 else:
-                    if exclusive and header is not None:  # a record of another version: the next pass relabels
+                    if exclusive and header is not None:  # of another version, or without its label map: relabel
                         folder.forget_record(image.name)
                     missing.append(image.name)
     removed = 0
